@@ -1,0 +1,14 @@
+//! snowlease: unique, time-sortable 64-bit IDs leased from a server in blocks.
+//!
+//! # Layout
+//! - [`layout`] and [`wire`] are pure: bit arithmetic and the frame codec, no I/O. The server,
+//!   this client, snowcat and the fuzz targets all share them.
+//! - [`codec`] adapts the wire functions to tokio-util's `Decoder`/`Encoder`.
+//! - [`client`] is the buffered client: a background task leases blocks over TCP ahead of
+//!   demand and [`Client::next_id`] pops from a local buffer.
+
+pub mod codec;
+pub mod layout;
+pub mod wire;
+
+pub use layout::{Layout, Parts};

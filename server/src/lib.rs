@@ -1,0 +1,2 @@
+//! snowlease-server library.
+pub mod generator;
