@@ -1,1 +1,53 @@
-fn main() {}
+//! Criterion benches of the generator's hot path: `lease(1)` and `lease(4096)` from one and
+//! from two threads. The clock is the production `MonotonicClock` and `max_lead` is large so
+//! the bench measures the CAS path, not waits for the next millisecond.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use snowlease::Layout;
+use snowlease_server::generator::{Generator, MonotonicClock};
+
+fn generator() -> Arc<Generator<MonotonicClock>> {
+    // A lead of ten minutes: the bench never waits for the clock.
+    Arc::new(
+        Generator::new(Layout::DEFAULT, 1, 600_000, 0, MonotonicClock::new())
+            .expect("worker 1 fits"),
+    )
+}
+
+fn lease(c: &mut Criterion) {
+    let mut group = c.benchmark_group("lease");
+    group.throughput(Throughput::Elements(1));
+    for n in [1u32, 4096] {
+        let g = generator();
+        group.bench_function(format!("n={n}/threads=1"), |b| {
+            b.iter(|| criterion::black_box(g.lease(n)))
+        });
+        let g = generator();
+        group.bench_function(format!("n={n}/threads=2"), |b| {
+            b.iter_custom(|iters| {
+                let other = {
+                    let g = g.clone();
+                    std::thread::spawn(move || {
+                        for _ in 0..iters {
+                            let _ = criterion::black_box(g.lease(n));
+                        }
+                    })
+                };
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let _ = criterion::black_box(g.lease(n));
+                }
+                let elapsed = start.elapsed();
+                let _ = other.join();
+                elapsed
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, lease);
+criterion_main!(benches);

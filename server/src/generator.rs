@@ -46,9 +46,16 @@ pub const CLOCK_STEP_THRESHOLD_MS: u64 = 50;
 impl MonotonicClock {
     /// Anchors to the wall clock now.
     pub fn new() -> MonotonicClock {
+        Self::at_least(0)
+    }
+
+    /// Anchors to the wall clock now, or to `min_unix_ms` if the wall clock is behind it: after
+    /// a restart with the clock set back, the clock starts at the persisted mark and the
+    /// server's time runs ahead of the wall clock until the wall clock catches up.
+    pub fn at_least(min_unix_ms: u64) -> MonotonicClock {
         MonotonicClock {
             anchor: Instant::now(),
-            offset_unix_ms: AtomicU64::new(unix_ms_now()),
+            offset_unix_ms: AtomicU64::new(unix_ms_now().max(min_unix_ms)),
             steps_back: AtomicU64::new(0),
             steps_forward: AtomicU64::new(0),
         }

@@ -1,2 +1,531 @@
-//! snowlease-server library.
+//! snowlease-server: unique, time-sortable 64-bit IDs leased in blocks over TCP.
+//!
+//! # Layout
+//! - [`config`]: flags and environment in, a validated [`ServerConfig`] out.
+//! - [`generator`]: the lock-free lease generator all cores share.
+//! - [`state`]: the persisted high-water mark that makes restarts safe.
+//! - [`conn`]: one lease connection, frames in, replies out.
+//! - [`admin`]: the admin HTTP port. [`metrics`]: per-core counters and their exposition.
+//!
+//! [`start`] wires them together: it reads the state file and reserves a window ahead, binds
+//! one SO_REUSEPORT listener per core, and starts one thread per core running a
+//! `current_thread` runtime that accepts on its own listener and serves its connections, plus
+//! an admin thread (HTTP, clock resync) and a persistence thread. [`RunningServer::shutdown`]
+//! drains: readiness off, listeners closed, GOAWAY on every connection after the requests it
+//! already sent are answered.
+
+pub mod admin;
+pub mod config;
+pub mod conn;
 pub mod generator;
+pub mod metrics;
+pub mod state;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::ServerConfig;
+use generator::{Generator, GeneratorError, MonotonicClock};
+use metrics::Metrics;
+use state::{StateError, StateStore};
+
+/// Milliseconds in an average Gregorian year, for the lifetime checks.
+const YEAR_MS: f64 = 365.2425 * 86_400_000.0;
+/// Warn at start when fewer years than this remain in the layout.
+const WARN_YEARS_LEFT: f64 = 5.0;
+/// How often the admin thread compares the monotonic clock with the wall clock. A step is
+/// noticed within a second; each check is two clock reads.
+const RESYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// State every thread shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// The validated configuration.
+    pub config: ServerConfig,
+    /// The clock the generator reads.
+    pub clock: Arc<MonotonicClock>,
+    /// The one generator.
+    pub generator: Generator<Arc<MonotonicClock>>,
+    /// Per-core counters.
+    pub metrics: Metrics,
+    /// True while serving: `/readyz` answers 200.
+    pub ready: AtomicBool,
+    /// Woken each time the durable limit is raised, for leases waiting on it.
+    pub durable_raised: Notify,
+    /// The state file, when `--state-dir` is set.
+    pub state: Option<StateStore>,
+    persister: OnceLock<thread::Thread>,
+    stopping: AtomicBool,
+}
+
+impl Shared {
+    /// Asks the persistence thread to extend the reservation now.
+    pub fn wake_persister(&self) {
+        if let Some(t) = self.persister.get() {
+            t.unpark();
+        }
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad settings.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// Worker id outside the layout.
+    #[error(transparent)]
+    Generator(#[from] GeneratorError),
+    /// The state file refuses.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// Binding a port or starting a thread failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> StartError {
+    let what = what.into();
+    move |source| StartError::Io { what, source }
+}
+
+/// A server running on its own threads.
+#[derive(Debug)]
+pub struct RunningServer {
+    lease_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    abort: CancellationToken,
+    admin_stop: CancellationToken,
+    cores: Vec<JoinHandle<()>>,
+    helpers: Vec<JoinHandle<()>>,
+}
+
+/// Builds the generator and state, binds every socket, starts every thread, and returns once
+/// the server accepts connections.
+pub fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
+    let layout = config.layout;
+    check_lifetime(&config)?;
+    let (state, previous) = match &config.state_dir {
+        Some(dir) => {
+            let (store, prev) =
+                StateStore::open(dir, config.worker_id, layout, config.discard_corrupt_state)?;
+            (Some(store), prev)
+        }
+        None => {
+            tracing::warn!("no --state-dir: a restart with the clock set back could repeat IDs; set SNOWLEASE_STATE_DIR to a persistent volume");
+            (None, None)
+        }
+    };
+    let mark_unix_ms = previous.map(|tick| layout.epoch_unix_ms().saturating_add(tick));
+    let clock = Arc::new(MonotonicClock::at_least(mark_unix_ms.unwrap_or(0)));
+    let wall_ms = snowlease::layout::unix_ms_now();
+    if let Some(mark) = mark_unix_ms.filter(|m| *m > wall_ms) {
+        tracing::warn!(
+            lead_ms = mark - wall_ms,
+            "the clock is behind the persisted high-water mark: serving from the mark, ahead of the wall clock"
+        );
+    }
+    let start_tick = layout
+        .tick_at(generator::Clock::now_unix_ms(&clock))
+        .unwrap_or(0)
+        .max(previous.unwrap_or(0));
+    let generator = Generator::new(
+        layout,
+        u64::from(config.worker_id),
+        config.max_lead_ms,
+        start_tick,
+        clock.clone(),
+    )?;
+    if let Some(store) = &state {
+        let until = start_tick + config.reserve_ms;
+        store.persist(until)?;
+        generator.init_durable_limit(until);
+    }
+
+    let listeners = bind_listeners(config.listen, config.threads, config.backlog)?;
+    let lease_addr = listeners[0]
+        .local_addr()
+        .map_err(io_err("reading the lease address"))?;
+    let admin = std::net::TcpListener::bind(config.admin_listen).map_err(io_err(format!(
+        "binding the admin port {}",
+        config.admin_listen
+    )))?;
+    admin
+        .set_nonblocking(true)
+        .map_err(io_err("configuring the admin port"))?;
+    let admin_addr = admin
+        .local_addr()
+        .map_err(io_err("reading the admin address"))?;
+
+    let shared = Arc::new(Shared {
+        metrics: Metrics::new(config.threads),
+        config,
+        clock,
+        generator,
+        ready: AtomicBool::new(false),
+        durable_raised: Notify::new(),
+        state,
+        persister: OnceLock::new(),
+        stopping: AtomicBool::new(false),
+    });
+    let shutdown = CancellationToken::new();
+    let abort = CancellationToken::new();
+    let admin_stop = CancellationToken::new();
+    let limiter = Arc::new(Semaphore::new(
+        shared.config.max_connections.min(Semaphore::MAX_PERMITS),
+    ));
+
+    let mut cores = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let (shared, shutdown, abort, limiter) = (
+            shared.clone(),
+            shutdown.clone(),
+            abort.clone(),
+            limiter.clone(),
+        );
+        let handle = thread::Builder::new()
+            .name(format!("snowlease-core-{i}"))
+            .spawn(move || run_core(i, listener, shared, shutdown, abort, limiter))
+            .map_err(io_err("starting a core thread"))?;
+        cores.push(handle);
+    }
+    let mut helpers = Vec::new();
+    {
+        let (shared, stop, abort) = (shared.clone(), admin_stop.clone(), abort.clone());
+        helpers.push(
+            thread::Builder::new()
+                .name("snowlease-admin".into())
+                .spawn(move || run_admin(admin, shared, stop, abort))
+                .map_err(io_err("starting the admin thread"))?,
+        );
+    }
+    if shared.state.is_some() {
+        let s = shared.clone();
+        let handle = thread::Builder::new()
+            .name("snowlease-persist".into())
+            .spawn(move || run_persister(&s))
+            .map_err(io_err("starting the persistence thread"))?;
+        let _ = shared.persister.set(handle.thread().clone());
+        helpers.push(handle);
+    }
+
+    shared.ready.store(true, Ordering::Release);
+    log_start(&shared, lease_addr, admin_addr);
+    Ok(RunningServer {
+        lease_addr,
+        admin_addr,
+        shared,
+        shutdown,
+        abort,
+        admin_stop,
+        cores,
+        helpers,
+    })
+}
+
+fn check_lifetime(config: &ServerConfig) -> Result<(), StartError> {
+    let layout = config.layout;
+    let left_ms = layout
+        .end_of_life_unix_ms()
+        .saturating_sub(snowlease::layout::unix_ms_now()) as f64;
+    let years = left_ms / YEAR_MS;
+    let eol = snowlease::layout::format_unix_ms(layout.end_of_life_unix_ms());
+    if years < config.min_years_left {
+        return Err(config::ConfigError::Invalid(format!(
+            "the layout's timestamp field runs out at {eol}, {years:.2} years from now, under the minimum of {} years (--min-years-left); choose a later epoch or more timestamp bits",
+            config.min_years_left
+        ))
+        .into());
+    }
+    if years < WARN_YEARS_LEFT {
+        tracing::warn!(end_of_life = %eol, years_left = format!("{years:.2}"), "the layout's timestamp field runs out in under 5 years");
+    }
+    Ok(())
+}
+
+fn log_start(shared: &Shared, lease_addr: SocketAddr, admin_addr: SocketAddr) {
+    let c = &shared.config;
+    let l = c.layout;
+    tracing::info!(
+        worker_id = c.worker_id,
+        worker_source = ?c.worker_source,
+        layout = format!("{}/{}/{}", l.timestamp_bits(), l.worker_bits(), l.sequence_bits()),
+        epoch = %snowlease::layout::format_unix_ms(l.epoch_unix_ms()),
+        end_of_life = %snowlease::layout::format_unix_ms(l.end_of_life_unix_ms()),
+        %lease_addr,
+        %admin_addr,
+        threads = c.threads,
+        max_lead_ms = c.max_lead_ms,
+        state_dir = ?c.state_dir,
+        "serving"
+    );
+}
+
+/// One SO_REUSEPORT listener per core on the same address. With port 0 the first socket picks
+/// a free port and the others join it.
+fn bind_listeners(
+    addr: SocketAddr,
+    count: usize,
+    backlog: i32,
+) -> Result<Vec<std::net::TcpListener>, StartError> {
+    let mut addr = addr;
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count.max(1) {
+        let l = reuseport_listener(addr, backlog)
+            .map_err(io_err(format!("binding the lease port {addr}")))?;
+        if addr.port() == 0 {
+            addr = l
+                .local_addr()
+                .map_err(io_err("reading the lease address"))?;
+        }
+        out.push(l);
+    }
+    Ok(out)
+}
+
+/// A listening socket with SO_REUSEPORT set before bind, so the kernel spreads incoming
+/// connections across the cores' accept queues.
+pub fn reuseport_listener(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(socket.into())
+}
+
+fn runtime() -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+fn run_core(
+    core: usize,
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    abort: CancellationToken,
+    limiter: Arc<Semaphore>,
+) {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(core, error = %e, "could not build a runtime; this core serves nothing");
+            return;
+        }
+    };
+    rt.block_on(async {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(core, error = %e, "could not register the listener");
+                return;
+            }
+        };
+        let tracker = TaskTracker::new();
+        tokio::select! {
+            _ = abort.cancelled() => {}
+            _ = async {
+                accept_loop(core, listener, &shared, &tracker, &shutdown, &limiter).await;
+                tracker.close();
+                let drain = shared.config.drain_timeout;
+                if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
+                    tracing::warn!(core, open = tracker.len(), "drain timeout passed; closing the remaining connections");
+                }
+            } => {}
+        }
+    });
+}
+
+async fn accept_loop(
+    core: usize,
+    listener: TcpListener,
+    shared: &Arc<Shared>,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+    limiter: &Arc<Semaphore>,
+) {
+    let metrics = shared.metrics.core(core);
+    let overloaded = conn::overloaded_frame(shared.config.max_connections);
+    loop {
+        let stream = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning on the error.
+                    tracing::warn!(core, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        match limiter.clone().try_acquire_owned() {
+            Ok(permit) => {
+                metrics.accepted();
+                let (shared, shutdown) = (shared.clone(), shutdown.clone());
+                tracker.spawn(async move {
+                    let metrics = shared.metrics.core(core);
+                    conn::serve(stream, &shared, metrics, &shutdown).await;
+                    metrics.closed();
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                metrics.rejected();
+                metrics.frame_error(snowlease::wire::ErrorCode::OVERLOADED);
+                let _ = stream.try_write(&overloaded);
+            }
+        }
+    }
+}
+
+fn run_admin(
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    abort: CancellationToken,
+) {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "could not build the admin runtime");
+            return;
+        }
+    };
+    rt.block_on(async {
+        let listener = match TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "could not register the admin listener");
+                return;
+            }
+        };
+        let resync = async {
+            let mut every = tokio::time::interval(RESYNC_EVERY);
+            let mut last = shared.clock.steps();
+            loop {
+                every.tick().await;
+                let diff = shared.clock.resync();
+                let steps = shared.clock.steps();
+                if steps != last {
+                    tracing::warn!(wall_minus_server_ms = diff, back = steps.0, forward = steps.1, "wall clock stepped; IDs keep following the monotonic clock and never go back");
+                    last = steps;
+                }
+            }
+        };
+        tokio::select! {
+            _ = abort.cancelled() => {}
+            _ = admin::serve(listener, shared.clone(), stop.clone()) => {}
+            _ = resync => {}
+        }
+    });
+}
+
+/// Keeps the durable reservation ahead of the generator: when less than half the window is
+/// left, writes a new mark one window ahead and raises the generator's limit.
+fn run_persister(shared: &Shared) {
+    let Some(store) = &shared.state else { return };
+    let g = &shared.generator;
+    let window = shared.config.reserve_ms;
+    // Polling at an eighth of the window notices the half-way point with plenty of margin;
+    // leases that hit the limit wake this thread at once.
+    let poll = Duration::from_millis((window / 8).clamp(1, 100));
+    while !shared.stopping.load(Ordering::Acquire) {
+        let next = g.next_tick().max(g.now_tick());
+        if g.durable_limit().saturating_sub(next) < window / 2 {
+            let until = next + window;
+            match store.persist(until) {
+                Ok(()) => {
+                    g.set_durable_limit(until);
+                    shared.durable_raised.notify_waiters();
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "could not extend the reservation; leases wait until it succeeds");
+                    thread::sleep(poll);
+                }
+            }
+        }
+        thread::park_timeout(poll);
+    }
+}
+
+impl RunningServer {
+    /// Where the lease port listens.
+    pub fn lease_addr(&self) -> SocketAddr {
+        self.lease_addr
+    }
+
+    /// Where the admin port listens.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The shared state, for metrics in tests.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Graceful stop: readiness off, listeners closed, every connection answers what it has
+    /// read and gets GOAWAY, then the threads end (within the drain timeout).
+    pub fn shutdown(self) {
+        self.shared.ready.store(false, Ordering::Release);
+        self.shutdown.cancel();
+        self.join()
+    }
+
+    /// Abrupt stop, as close to `kill -9` as a library can get: runtimes are dropped,
+    /// connections reset, no GOAWAY.
+    pub fn abort(self) {
+        self.shared.ready.store(false, Ordering::Release);
+        self.abort.cancel();
+        self.join()
+    }
+
+    fn join(mut self) {
+        for core in self.cores.drain(..) {
+            let _ = core.join();
+        }
+        self.admin_stop.cancel();
+        self.shared.stopping.store(true, Ordering::Release);
+        self.shared.wake_persister();
+        for h in self.helpers.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        if !self.cores.is_empty() || !self.helpers.is_empty() {
+            self.abort.cancel();
+            self.admin_stop.cancel();
+            self.shared.stopping.store(true, Ordering::Release);
+            self.shared.wake_persister();
+        }
+    }
+}

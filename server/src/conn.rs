@@ -1,0 +1,285 @@
+//! One lease connection: bytes in, replies out, in request order.
+//!
+//! The loop alternates two phases. *Answer*: decode every complete frame in the read buffer
+//! and encode each reply into one write buffer, flushing after every `max_queued_replies`
+//! replies so a client that pipelines a million requests is answered in bounded memory and
+//! stops being read while its replies are written (backpressure). *Read*: one `read_buf`,
+//! raced against the idle deadline and the shutdown token. When the generator asks a lease to
+//! wait for the next tick, the replies already encoded are flushed first and later requests
+//! stay queued behind it, so order holds without spinning a core.
+//!
+//! Generic over the byte stream so the fuzz target and unit tests drive it through an
+//! in-memory duplex pipe.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use snowlease::wire::{self, goaway, ErrorCode, Request, Response, Welcome};
+
+use crate::generator::Refusal;
+use crate::metrics::{CoreMetrics, Outcome};
+use crate::Shared;
+
+/// Room kept free in the read buffer before each read. An idle connection holds only the
+/// first, small reservation; a busy one reads up to 4 KiB (315 LEASE frames) per syscall.
+const FIRST_READ: usize = 256;
+const READ_CHUNK: usize = 4096;
+/// How long a connection closed for a protocol error keeps reading (and discarding) after its
+/// last frame, so the kernel does not reset it and lose the ERROR frame.
+const LINGER: Duration = Duration::from_millis(500);
+/// Longest wait on the durable reservation before retrying anyway; the persistence task
+/// notifies much sooner when the disk is healthy.
+const DURABLE_POLL: Duration = Duration::from_millis(50);
+
+/// What to do after answering a frame.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    /// Flush what is queued, then close.
+    Close,
+}
+
+/// Serves one connection until the peer closes, a protocol error, the idle timeout or
+/// shutdown. Never panics on anything the peer sends.
+pub async fn serve<S>(
+    stream: S,
+    shared: &Shared,
+    metrics: &CoreMetrics,
+    shutdown: &CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut conn = Conn {
+        stream,
+        rbuf: BytesMut::new(),
+        wbuf: BytesMut::new(),
+        shared,
+        metrics,
+        greeted: false,
+    };
+    if let Err(e) = conn.run(shutdown).await {
+        tracing::debug!(error = %e, "connection ended with an I/O error");
+    }
+}
+
+struct Conn<'a, S> {
+    stream: S,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    shared: &'a Shared,
+    metrics: &'a CoreMetrics,
+    greeted: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
+    async fn run(&mut self, shutdown: &CancellationToken) -> io::Result<()> {
+        let idle = self.shared.config.idle_timeout;
+        let mut deadline = Instant::now() + idle;
+        loop {
+            let (answered, flow) = self.answer_buffered().await?;
+            if flow == Flow::Close {
+                self.flush().await?;
+                return self.linger_close().await;
+            }
+            if answered > 0 {
+                deadline = Instant::now() + idle;
+            }
+            self.flush().await?;
+
+            let room = if self.rbuf.capacity() == 0 {
+                FIRST_READ
+            } else {
+                READ_CHUNK
+            };
+            if self.rbuf.capacity() - self.rbuf.len() < FIRST_READ {
+                self.rbuf.reserve(room);
+            }
+            let n = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return self.go_away(goaway::SHUTDOWN).await,
+                _ = tokio::time::sleep_until(deadline) => return self.go_away(goaway::IDLE_TIMEOUT).await,
+                read = self.stream.read_buf(&mut self.rbuf) => read?,
+            };
+            if n == 0 {
+                // Peer closed; a partial frame left in the buffer can never complete.
+                return Ok(());
+            }
+        }
+    }
+
+    /// Answers every complete frame in the read buffer. Returns how many were answered.
+    async fn answer_buffered(&mut self) -> io::Result<(usize, Flow)> {
+        let batch = self.shared.config.max_queued_replies;
+        let mut answered = 0;
+        loop {
+            let request = match wire::decode_request(&mut self.rbuf) {
+                Ok(Some(r)) => r,
+                Ok(None) => return Ok((answered, Flow::Continue)),
+                Err(e) => {
+                    self.error(0, ErrorCode::MALFORMED, &e.to_string());
+                    return Ok((answered, Flow::Close));
+                }
+            };
+            answered += 1;
+            if self.answer(request).await? == Flow::Close {
+                return Ok((answered, Flow::Close));
+            }
+            if answered % batch == 0 {
+                self.flush().await?;
+            }
+        }
+    }
+
+    async fn answer(&mut self, request: Request) -> io::Result<Flow> {
+        match request {
+            Request::Hello { version, token: _ } => Ok(self.hello(version)),
+            Request::Lease { request_id, count } => self.lease(request_id, count).await,
+            Request::Ping { nonce } => {
+                Response::Pong { nonce }.encode(&mut self.wbuf);
+                Ok(Flow::Continue)
+            }
+        }
+    }
+
+    fn hello(&mut self, version: u16) -> Flow {
+        if version < wire::VERSION {
+            self.error(
+                0,
+                ErrorCode::UNSUPPORTED_VERSION,
+                &format!(
+                    "version {version} not supported; this server speaks {}",
+                    wire::VERSION
+                ),
+            );
+            return Flow::Close;
+        }
+        self.greeted = true;
+        let layout = self.shared.generator.layout();
+        Response::Welcome(Welcome {
+            version: wire::VERSION,
+            worker_id: self.shared.generator.worker(),
+            epoch_unix_ms: layout.epoch_unix_ms(),
+            timestamp_bits: layout.timestamp_bits(),
+            worker_bits: layout.worker_bits(),
+            sequence_bits: layout.sequence_bits(),
+            max_lease: layout.max_lease(),
+            server_unix_ms: snowlease::layout::unix_ms_now(),
+        })
+        .encode(&mut self.wbuf);
+        Flow::Continue
+    }
+
+    async fn lease(&mut self, request_id: u32, count: u32) -> io::Result<Flow> {
+        let max = self.shared.generator.layout().max_lease();
+        if count == 0 || count > max {
+            self.metrics.lease(Outcome::Invalid, 0);
+            self.error(
+                request_id,
+                ErrorCode::INVALID_COUNT,
+                &format!("lease count {count} is outside 1..={max}"),
+            );
+            return Ok(Flow::Continue);
+        }
+        loop {
+            match self.shared.generator.lease(count) {
+                Ok(lease) => {
+                    let outcome = if lease.count == count {
+                        Outcome::Full
+                    } else {
+                        Outcome::Partial
+                    };
+                    self.metrics.lease(outcome, u64::from(lease.count));
+                    wire::encode_leased(&mut self.wbuf, request_id, lease.first_id, lease.count);
+                    return Ok(Flow::Continue);
+                }
+                Err(Refusal::Lead { until_unix_ms }) => {
+                    self.metrics.waited_lead();
+                    self.flush().await?;
+                    let at = self.shared.clock.instant_at(until_unix_ms);
+                    tokio::time::sleep_until(at.into()).await;
+                }
+                Err(Refusal::NotDurable) => {
+                    self.metrics.waited_durable();
+                    self.shared.wake_persister();
+                    self.flush().await?;
+                    let raised = self.shared.durable_raised.notified();
+                    let _ = tokio::time::timeout(DURABLE_POLL, raised).await;
+                }
+                Err(Refusal::Exhausted) => {
+                    self.metrics.lease(Outcome::Unavailable, 0);
+                    let eol = snowlease::layout::format_unix_ms(
+                        self.shared.generator.layout().end_of_life_unix_ms(),
+                    );
+                    self.error(
+                        request_id,
+                        ErrorCode::UNAVAILABLE,
+                        &format!("the layout's timestamp field ran out at {eol}"),
+                    );
+                    return Ok(Flow::Continue);
+                }
+            }
+        }
+    }
+
+    fn error(&mut self, request_id: u32, code: ErrorCode, message: &str) {
+        self.metrics.frame_error(code);
+        wire::encode_error(&mut self.wbuf, request_id, code, message);
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let timeout = self.shared.config.write_timeout;
+        match tokio::time::timeout(timeout, self.stream.write_all(&self.wbuf)).await {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "peer did not read its replies within the write timeout",
+                ))
+            }
+        }
+        self.wbuf.clear();
+        Ok(())
+    }
+
+    async fn go_away(&mut self, reason: u16) -> io::Result<()> {
+        Response::GoAway { reason }.encode(&mut self.wbuf);
+        self.flush().await?;
+        self.linger_close().await
+    }
+
+    /// Half-closes, then reads and discards until the peer closes (bounded), so replies
+    /// already sent are not destroyed by a reset.
+    async fn linger_close(&mut self) -> io::Result<()> {
+        self.stream.shutdown().await?;
+        let deadline = Instant::now() + LINGER;
+        let mut discard = [0u8; 512];
+        let mut budget: usize = 64 * 1024;
+        while budget > 0 {
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut discard)).await {
+                Ok(Ok(n)) if n > 0 => budget = budget.saturating_sub(n),
+                _ => break,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The frame sent to a connection turned away at the cap.
+pub fn overloaded_frame(max: usize) -> BytesMut {
+    let mut b = BytesMut::new();
+    wire::encode_error(
+        &mut b,
+        0,
+        ErrorCode::OVERLOADED,
+        &format!("server is at its limit of {max} connections; retry later or elsewhere"),
+    );
+    b
+}
