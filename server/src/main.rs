@@ -24,6 +24,15 @@ fn main() -> ExitCode {
     if config.worker_source == WorkerSource::Default {
         tracing::warn!("no WORKER_ID, POD_NAME or hostname ordinal: running as worker 0. Fine for a single server; give every other server its own WORKER_ID");
     }
+    // Signal handlers go in before the server reports it is serving, so a SIGTERM that
+    // follows the start line at once still drains instead of killing the process.
+    let signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("refusing to start: cannot install signal handlers: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let server = match snowlease_server::start(config) {
         Ok(s) => s,
         Err(e) => {
@@ -31,10 +40,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match wait_for_signal() {
-        Ok(name) => tracing::info!(signal = name, "draining"),
-        Err(e) => tracing::error!(error = %e, "cannot wait for signals; draining now"),
-    }
+    let name = signals.wait();
+    tracing::info!(signal = name, "draining");
     server.shutdown();
     tracing::info!("stopped");
     ExitCode::SUCCESS
@@ -44,7 +51,7 @@ fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| QuietStderr(std::io::stderr()))
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Human => builder.init(),
@@ -52,18 +59,52 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// Blocks until SIGTERM (Kubernetes) or SIGINT (Ctrl-C); returns which.
-fn wait_for_signal() -> std::io::Result<&'static str> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
+/// stderr that drops lines it cannot write. tracing-subscriber reports a failed write with
+/// `eprintln!`, which panics when stderr itself is the broken pipe; a log collector going
+/// away must not take the ID service down with it.
+struct QuietStderr(std::io::Stderr);
+
+impl std::io::Write for QuietStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = self.0.write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = self.0.flush();
+        Ok(())
+    }
+}
+
+/// SIGTERM and SIGINT handlers on a small runtime of their own.
+struct Signals {
+    rt: tokio::runtime::Runtime,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        Ok(tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (term, int) = rt.block_on(async {
+            Ok::<_, std::io::Error>((
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::interrupt())?,
+            ))
+        })?;
+        Ok(Signals { rt, term, int })
+    }
+
+    /// Blocks until SIGTERM (Kubernetes) or SIGINT (Ctrl-C); returns which.
+    fn wait(mut self) -> &'static str {
+        self.rt.block_on(async {
+            tokio::select! {
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
+            }
         })
-    })
+    }
 }

@@ -63,6 +63,11 @@ impl CoreMetrics {
         bump(&self.conns_accepted, 1);
     }
 
+    /// Connections this slot accepted so far.
+    pub fn accepted_total(&self) -> u64 {
+        self.conns_accepted.load(Ordering::Relaxed)
+    }
+
     /// A connection was turned away at the cap.
     pub fn rejected(&self) {
         bump(&self.conns_rejected, 1);
