@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_main, Criterion, Throughput};
 use snowlease::Layout;
 use snowlease_server::generator::{Generator, MonotonicClock};
 
@@ -23,7 +23,7 @@ fn lease(c: &mut Criterion) {
     for n in [1u32, 4096] {
         let g = generator();
         group.bench_function(format!("n={n}/threads=1"), |b| {
-            b.iter(|| criterion::black_box(g.lease(n)))
+            b.iter(|| std::hint::black_box(g.lease(n)))
         });
         let g = generator();
         group.bench_function(format!("n={n}/threads=2"), |b| {
@@ -32,13 +32,13 @@ fn lease(c: &mut Criterion) {
                     let g = g.clone();
                     std::thread::spawn(move || {
                         for _ in 0..iters {
-                            let _ = criterion::black_box(g.lease(n));
+                            let _ = std::hint::black_box(g.lease(n));
                         }
                     })
                 };
                 let start = Instant::now();
                 for _ in 0..iters {
-                    let _ = criterion::black_box(g.lease(n));
+                    let _ = std::hint::black_box(g.lease(n));
                 }
                 let elapsed = start.elapsed();
                 let _ = other.join();
@@ -49,5 +49,9 @@ fn lease(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, lease);
+#[allow(missing_docs)]
+mod group {
+    criterion::criterion_group!(benches, super::lease);
+}
+use group::benches;
 criterion_main!(benches);

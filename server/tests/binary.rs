@@ -59,8 +59,16 @@ impl Server {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn server");
-        let stderr = child.stderr.take().expect("stderr");
+        let child = cmd.spawn().expect("spawn server");
+        // Owned by a Server at once, so a failed start below is still killed and reaped.
+        let unbound = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut server = Server {
+            child,
+            lease: unbound,
+            admin: unbound,
+            early: Vec::new(),
+        };
+        let stderr = server.child.stderr.take().expect("stderr");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             // Keep reading after the receiver is gone so the server never writes to a
@@ -70,20 +78,16 @@ impl Server {
             }
         });
         let deadline = Instant::now() + TIMEOUT;
-        let mut early = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx
                 .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no start line within {TIMEOUT:?}: {early:?}"));
-            early.push(line.clone());
+                .unwrap_or_else(|_| panic!("no start line within {TIMEOUT:?}: {:?}", server.early));
+            server.early.push(line.clone());
             if let (Some(l), Some(a)) = (field(&line, "lease_addr"), field(&line, "admin_addr")) {
-                return Server {
-                    child,
-                    lease: l.parse().expect("lease addr"),
-                    admin: a.parse().expect("admin addr"),
-                    early,
-                };
+                server.lease = l.parse().expect("lease addr");
+                server.admin = a.parse().expect("admin addr");
+                return server;
             }
         }
     }
