@@ -339,11 +339,18 @@ fn outside_kubernetes_with_nothing_set_it_runs_as_worker_zero_and_says_so() {
     }
 }
 
-fn require_faketime() {
+/// Whether Debian's faketime is installed. CI (`CI` set) installs it and fails without it; on
+/// a developer machine without it the clock tests say loudly that they did not run.
+fn have_faketime() -> bool {
+    if Path::new(LIBFAKETIME).exists() {
+        return true;
+    }
     assert!(
-        Path::new(LIBFAKETIME).exists(),
-        "these tests need Debian's faketime: apt-get install faketime (.ci/run installs it)"
+        std::env::var_os("CI").is_none(),
+        "CI must install Debian's faketime (apt-get install faketime)"
     );
+    eprintln!("SKIPPED: clock tests need Debian's faketime: apt-get install faketime");
+    false
 }
 
 fn max_end(runs: &[(u64, u32)]) -> u64 {
@@ -354,7 +361,9 @@ fn max_end(runs: &[(u64, u32)]) -> u64 {
 }
 
 fn restart_with_clock_behind(stop: impl Fn(&mut Server)) {
-    require_faketime();
+    if !have_faketime() {
+        return;
+    }
     let dir = tempdir(&format!(
         "restart-{}",
         std::thread::current().name().unwrap_or("t").len()
@@ -404,7 +413,9 @@ fn after_sigterm_and_a_restart_10_s_behind_every_id_is_above_the_old_ones() {
 
 #[test]
 fn a_clock_stepped_back_5_s_while_running_repeats_nothing_and_reports_the_lead() {
-    require_faketime();
+    if !have_faketime() {
+        return;
+    }
     let dir = tempdir("step");
     std::fs::create_dir_all(&dir).expect("mkdir");
     let file = dir.join("faketime");
