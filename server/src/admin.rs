@@ -106,12 +106,31 @@ pub async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Byt
             metrics::render(&shared.metrics, &gauges(shared)),
         ),
         "/info" => json(StatusCode::OK, info(shared)),
-        "/generate-id" => generate(shared, req.uri().query()).await,
+        "/generate-id" => {
+            if !bearer_ok(shared, &req) {
+                return json(
+                    StatusCode::UNAUTHORIZED,
+                    serde_json::json!({"error": "this server requires Authorization: Bearer <token>"}),
+                );
+            }
+            generate(shared, req.uri().query()).await
+        }
         _ => json(
             StatusCode::NOT_FOUND,
             serde_json::json!({"error": "not found", "paths": ["/healthz", "/readyz", "/metrics", "/info", "/generate-id?count=N"]}),
         ),
     }
+}
+
+/// Whether the request carries the server's token as a bearer token (always, without one).
+fn bearer_ok(shared: &Shared, req: &Request<Incoming>) -> bool {
+    let Some(store) = &shared.token else {
+        return true;
+    };
+    req.headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .is_some_and(|t| store.check(t))
 }
 
 fn parse_count(query: Option<&str>) -> Result<Option<u32>, String> {

@@ -133,6 +133,12 @@ pub struct Args {
     #[arg(long, env = "SNOWLEASE_MAX_QUEUED_REPLIES", default_value_t = DEFAULT_MAX_QUEUED_REPLIES)]
     pub max_queued_replies: usize,
 
+    /// File holding a shared token (1..=255 bytes). When set, a connection's first frame must
+    /// be HELLO with this token, and /generate-id wants `Authorization: Bearer <token>`.
+    /// Re-read on SIGHUP and when the file changes.
+    #[arg(long, env = "SNOWLEASE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
     /// Log line format.
     #[arg(long, env = "SNOWLEASE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
@@ -188,6 +194,8 @@ pub struct ServerConfig {
     pub max_queued_replies: usize,
     /// Listen backlog per core.
     pub backlog: i32,
+    /// Shared token file, if access is restricted.
+    pub token_file: Option<PathBuf>,
 }
 
 /// Why the server refuses to start.
@@ -219,6 +227,7 @@ impl ServerConfig {
             drain_timeout: Duration::from_millis(DEFAULT_DRAIN_TIMEOUT_MS),
             max_queued_replies: DEFAULT_MAX_QUEUED_REPLIES,
             backlog: DEFAULT_BACKLOG,
+            token_file: None,
         }
     }
 }
@@ -302,6 +311,7 @@ impl Args {
             drain_timeout: Duration::from_millis(self.drain_timeout_ms),
             max_queued_replies: self.max_queued_replies,
             backlog: DEFAULT_BACKLOG,
+            token_file: self.token_file.clone(),
         })
     }
 }

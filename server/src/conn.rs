@@ -60,7 +60,7 @@ pub async fn serve<S>(
         wbuf: BytesMut::new(),
         shared,
         metrics,
-        greeted: false,
+        authenticated: shared.token.is_none(),
     };
     if let Err(e) = conn.run(shutdown).await {
         tracing::debug!(error = %e, "connection ended with an I/O error");
@@ -73,7 +73,8 @@ struct Conn<'a, S> {
     wbuf: BytesMut,
     shared: &'a Shared,
     metrics: &'a CoreMetrics,
-    greeted: bool,
+    /// False until a HELLO with the right token, when the server requires one.
+    authenticated: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
@@ -136,6 +137,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
     }
 
     async fn answer(&mut self, request: Request) -> io::Result<Flow> {
+        if !self.authenticated {
+            return Ok(self.authenticate(&request));
+        }
         match request {
             Request::Hello { version, token: _ } => Ok(self.hello(version)),
             Request::Lease { request_id, count } => self.lease(request_id, count).await,
@@ -143,6 +147,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                 Response::Pong { nonce }.encode(&mut self.wbuf);
                 Ok(Flow::Continue)
             }
+        }
+    }
+
+    /// The first frame when a token is required: HELLO with the token, or UNAUTHORIZED and
+    /// close. The token is never logged or echoed.
+    fn authenticate(&mut self, request: &Request) -> Flow {
+        let ok = match (request, &self.shared.token) {
+            (Request::Hello { token, .. }, Some(store)) => store.check(token),
+            _ => false,
+        };
+        if !ok {
+            let message = match request {
+                Request::Hello { .. } => "wrong token",
+                _ => "this server requires HELLO with a token as the first frame",
+            };
+            self.error(0, ErrorCode::UNAUTHORIZED, message);
+            return Flow::Close;
+        }
+        self.authenticated = true;
+        match request {
+            Request::Hello { version, .. } => self.hello(*version),
+            _ => Flow::Close,
         }
     }
 
@@ -158,7 +184,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             );
             return Flow::Close;
         }
-        self.greeted = true;
         let layout = self.shared.generator.layout();
         Response::Welcome(Welcome {
             version: wire::VERSION,

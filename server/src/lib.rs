@@ -15,6 +15,7 @@
 //! already sent are answered.
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod conn;
 pub mod generator;
@@ -64,6 +65,8 @@ pub struct Shared {
     pub durable_raised: Notify,
     /// The state file, when `--state-dir` is set.
     pub state: Option<StateStore>,
+    /// The shared token, when `--token-file` is set.
+    pub token: Option<auth::TokenStore>,
     persister: OnceLock<thread::Thread>,
     stopping: AtomicBool,
 }
@@ -89,6 +92,9 @@ pub enum StartError {
     /// The state file refuses.
     #[error(transparent)]
     State(#[from] StateError),
+    /// The token file is unusable.
+    #[error(transparent)]
+    Token(#[from] auth::TokenError),
     /// Binding a port or starting a thread failed.
     #[error("{what}: {source}")]
     Io {
@@ -122,6 +128,11 @@ pub struct RunningServer {
 pub fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let layout = config.layout;
     check_lifetime(&config)?;
+    let token = config
+        .token_file
+        .as_deref()
+        .map(auth::TokenStore::load)
+        .transpose()?;
     let (state, previous) = match &config.state_dir {
         Some(dir) => {
             let (store, prev) =
@@ -182,6 +193,7 @@ pub fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         ready: AtomicBool::new(false),
         durable_raised: Notify::new(),
         state,
+        token,
         persister: OnceLock::new(),
         stopping: AtomicBool::new(false),
     });
@@ -442,8 +454,32 @@ fn run_admin(
             _ = abort.cancelled() => {}
             _ = admin::serve(listener, shared.clone(), stop.clone()) => {}
             _ = resync => {}
+            _ = reload_token(&shared) => {}
         }
     });
+}
+
+/// Re-reads the token file once a second (if it changed) and at once on SIGHUP. Returns only
+/// if there is no token to watch.
+async fn reload_token(shared: &Shared) {
+    let Some(store) = &shared.token else {
+        return std::future::pending().await;
+    };
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut every = tokio::time::interval(RESYNC_EVERY);
+    loop {
+        let force = tokio::select! {
+            _ = every.tick() => false,
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
+        };
+        match store.reload_if_changed(force) {
+            Ok(true) => tracing::info!("token reloaded"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "token file unusable; keeping the previous token")
+            }
+        }
+    }
 }
 
 /// Keeps the durable reservation ahead of the generator: when less than half the window is

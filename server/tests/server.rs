@@ -508,3 +508,96 @@ async fn http_and_tcp_ids_never_collide() {
         }
     }
 }
+
+#[tokio::test]
+async fn with_a_token_only_a_hello_carrying_it_is_served() {
+    let dir = std::env::temp_dir().join(format!("snowlease-token-it-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let path = dir.join("token");
+    std::fs::write(&path, "s3cret\n").expect("write token");
+    let mut config = ServerConfig::for_tests(11);
+    config.token_file = Some(path.clone());
+    let s = start(config).expect("start");
+
+    let mut c = Raw::connect(s.lease_addr()).await;
+    c.request(Request::Lease {
+        request_id: 1,
+        count: 1,
+    })
+    .await;
+    let Some(Response::Error { code, message, .. }) = c.response().await else {
+        panic!("no error")
+    };
+    assert_eq!(code, ErrorCode::UNAUTHORIZED);
+    assert_eq!(
+        message,
+        "this server requires HELLO with a token as the first frame"
+    );
+    assert!(c.closed().await);
+
+    let mut c = Raw::connect(s.lease_addr()).await;
+    c.request(Request::Hello {
+        version: 1,
+        token: "wrong".into(),
+    })
+    .await;
+    assert!(matches!(
+        c.response().await,
+        Some(Response::Error {
+            code: ErrorCode::UNAUTHORIZED,
+            ..
+        })
+    ));
+    assert!(c.closed().await);
+
+    let mut good = Raw::connect(s.lease_addr()).await;
+    good.request(Request::Hello {
+        version: 1,
+        token: "s3cret".into(),
+    })
+    .await;
+    assert!(matches!(good.response().await, Some(Response::Welcome(_))));
+
+    // Rotate the token: the authenticated connection stays, new ones need the new token.
+    std::fs::write(&path, "n3w").expect("rotate");
+    let store = s.shared().token.as_ref().expect("token store");
+    assert!(store.reload_if_changed(true).expect("reload"));
+    good.request(Request::Lease {
+        request_id: 2,
+        count: 3,
+    })
+    .await;
+    assert!(matches!(
+        good.response().await,
+        Some(Response::Leased {
+            request_id: 2,
+            count: 3,
+            ..
+        })
+    ));
+    let mut old = Raw::connect(s.lease_addr()).await;
+    old.request(Request::Hello {
+        version: 1,
+        token: "s3cret".into(),
+    })
+    .await;
+    assert!(matches!(
+        old.response().await,
+        Some(Response::Error {
+            code: ErrorCode::UNAUTHORIZED,
+            ..
+        })
+    ));
+
+    // The admin port wants the token as a bearer header for IDs, not for health.
+    assert_eq!(http_get(s.admin_addr(), "/generate-id").await.0, 401);
+    assert_eq!(http_get(s.admin_addr(), "/healthz").await.0, 200);
+    let mut h = TcpStream::connect(s.admin_addr()).await.expect("admin");
+    h.write_all(b"GET /generate-id HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer n3w\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = String::new();
+    h.read_to_string(&mut out).await.expect("read");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let _ = std::fs::remove_dir_all(dir);
+}
