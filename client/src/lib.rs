@@ -7,8 +7,10 @@
 //! - [`client`] is the buffered client: a background task leases blocks over TCP ahead of
 //!   demand and [`Client::next_id`] pops from a local buffer.
 
+pub mod client;
 pub mod codec;
 pub mod layout;
 pub mod wire;
 
+pub use client::{BlockingClient, Client, ClientConfig, Error, IdRange};
 pub use layout::{Layout, Parts};

@@ -35,6 +35,10 @@ const LINGER: Duration = Duration::from_millis(500);
 /// Longest wait on the durable reservation before retrying anyway; the persistence task
 /// notifies much sooner when the disk is healthy.
 const DURABLE_POLL: Duration = Duration::from_millis(50);
+/// Longest a lease waits for the state file before it is answered UNAVAILABLE. A healthy
+/// fsync takes milliseconds; two seconds of failing writes means the disk is gone, and the
+/// client should go to another worker rather than hang.
+const DURABLE_GIVE_UP: Duration = Duration::from_secs(2);
 
 /// What to do after answering a frame.
 #[derive(Debug, PartialEq, Eq)]
@@ -210,9 +214,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             );
             return Ok(Flow::Continue);
         }
+        let mut durable_deadline = None;
         loop {
             match self.shared.generator.lease(count) {
                 Ok(lease) => {
+                    if let Some(at) = self.shared.generator.release_at(&lease) {
+                        // A claim ahead of the lead: earlier replies go now, this one when
+                        // its tick is within max_lead of the clock.
+                        self.metrics.waited_lead();
+                        self.flush().await?;
+                        tokio::time::sleep_until(self.shared.clock.instant_at(at).into()).await;
+                    }
                     let outcome = if lease.count == count {
                         Outcome::Full
                     } else {
@@ -231,6 +243,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                 Err(Refusal::NotDurable) => {
                     self.metrics.waited_durable();
                     self.shared.wake_persister();
+                    let deadline =
+                        *durable_deadline.get_or_insert_with(|| Instant::now() + DURABLE_GIVE_UP);
+                    if Instant::now() >= deadline {
+                        self.metrics.lease(Outcome::Unavailable, 0);
+                        self.error(
+                            request_id,
+                            ErrorCode::UNAVAILABLE,
+                            "the state directory cannot be written; no ID can be made durable",
+                        );
+                        return Ok(Flow::Continue);
+                    }
                     self.flush().await?;
                     let raised = self.shared.durable_raised.notified();
                     let _ = tokio::time::timeout(DURABLE_POLL, raised).await;
@@ -280,21 +303,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         self.linger_close().await
     }
 
-    /// Half-closes, then reads and discards until the peer closes (bounded), so replies
-    /// already sent are not destroyed by a reset.
+    /// Half-closes, then reads and discards until the peer closes or [`LINGER`] passes, so
+    /// replies already sent are not destroyed by a reset: closing a socket with unread input
+    /// makes the kernel send RST, and the peer's kernel then drops replies it has not read.
     async fn linger_close(&mut self) -> io::Result<()> {
         self.stream.shutdown().await?;
         let deadline = Instant::now() + LINGER;
         let mut discard = [0u8; 512];
-        let mut budget: usize = 64 * 1024;
-        while budget > 0 {
+        loop {
             match tokio::time::timeout_at(deadline, self.stream.read(&mut discard)).await {
-                Ok(Ok(n)) if n > 0 => budget = budget.saturating_sub(n),
-                _ => break,
+                Ok(Ok(n)) if n > 0 => continue,
+                _ => return Ok(()),
             }
         }
-        Ok(())
     }
+}
+
+/// Sends OVERLOADED to a connection turned away at the cap and closes it gently (half-close,
+/// brief linger), so the frame is not lost to a reset if the client already sent something.
+pub async fn turn_away<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, frame: &[u8]) {
+    let linger = Duration::from_millis(200);
+    let _ = tokio::time::timeout(linger, stream.write_all(frame)).await;
+    let _ = stream.shutdown().await;
+    let mut discard = [0u8; 256];
+    let _ = tokio::time::timeout(linger, async {
+        while let Ok(n) = stream.read(&mut discard).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// The frame sent to a connection turned away at the cap.

@@ -9,11 +9,15 @@
 //! `(tick + 1, 0)`, so "tick full" needs no separate state.
 //!
 //! Time flows in through a [`Clock`]. The generator may run up to `max_lead` ticks ahead of
-//! it when demand exceeds one tick's worth; past that, and past the durable limit that the
-//! persistence task raises (see `state`), it refuses with [`Refusal`] saying when to retry,
-//! so the async caller waits without spinning and without holding anything.
+//! it when demand exceeds one tick's worth. Past that, a caller may still *claim* a run up to
+//! `horizon` further ticks ahead, but must hold it until the clock is within `max_lead` of
+//! its tick ([`Generator::release_at`]): claims are granted in arrival order, so callers
+//! waiting for time are served first come, first served instead of racing for each new tick.
+//! Past the horizon, and past the durable limit that the persistence task raises (see
+//! `state`), it refuses with [`Refusal`] saying when to retry, so the async caller waits
+//! without spinning and without holding anything.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_utils::CachePadded;
@@ -37,6 +41,8 @@ pub struct MonotonicClock {
     offset_unix_ms: AtomicU64,
     steps_back: AtomicU64,
     steps_forward: AtomicU64,
+    /// Wall minus monotonic at the last resync (0 when the wall clock was ahead or level).
+    last_diff: AtomicI64,
 }
 
 /// Deviation between the wall clock and the monotonic estimate that counts as a clock step.
@@ -53,16 +59,22 @@ impl MonotonicClock {
     /// a restart with the clock set back, the clock starts at the persisted mark and the
     /// server's time runs ahead of the wall clock until the wall clock catches up.
     pub fn at_least(min_unix_ms: u64) -> MonotonicClock {
+        let wall = unix_ms_now();
+        let start = wall.max(min_unix_ms);
         MonotonicClock {
             anchor: Instant::now(),
-            offset_unix_ms: AtomicU64::new(unix_ms_now().max(min_unix_ms)),
+            offset_unix_ms: AtomicU64::new(start),
             steps_back: AtomicU64::new(0),
             steps_forward: AtomicU64::new(0),
+            // Starting ahead of the wall clock is a standing gap, not a step.
+            last_diff: AtomicI64::new(wall as i64 - start as i64),
         }
     }
 
     /// Compares with the wall clock: a wall clock ahead by more than the threshold moves this
-    /// clock forward to it; one behind is counted and ignored. Returns wall minus monotonic ms.
+    /// clock forward to it; a wall clock that fell back by more than the threshold since the
+    /// last check is counted and ignored (a standing gap, e.g. after starting from the
+    /// persisted mark, is not a new step). Returns wall minus monotonic ms.
     pub fn resync(&self) -> i64 {
         let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -71,17 +83,14 @@ impl MonotonicClock {
         let elapsed = self.anchor.elapsed().as_millis() as u64;
         let ours = self.now_unix_ms();
         let diff = wall as i64 - ours as i64;
-        if diff > CLOCK_STEP_THRESHOLD_MS as i64 {
+        let threshold = CLOCK_STEP_THRESHOLD_MS as i64;
+        let previous = self.last_diff.swap(diff.min(0), Ordering::AcqRel);
+        if diff > threshold {
             self.offset_unix_ms
                 .fetch_max(wall.saturating_sub(elapsed), Ordering::AcqRel);
             self.steps_forward.fetch_add(1, Ordering::Relaxed);
-        } else if diff < -(CLOCK_STEP_THRESHOLD_MS as i64) {
-            // Only count a back step once: until the wall clock catches up the deviation stays.
-            if self.steps_back.load(Ordering::Relaxed) == 0
-                || diff < -2 * CLOCK_STEP_THRESHOLD_MS as i64
-            {
-                self.steps_back.fetch_add(1, Ordering::Relaxed);
-            }
+        } else if diff < previous - threshold {
+            self.steps_back.fetch_add(1, Ordering::Relaxed);
         }
         diff
     }
@@ -170,8 +179,10 @@ pub struct Params {
     pub max_lease: u32,
     /// Highest tick the layout can carry.
     pub max_tick: u64,
-    /// How many ticks the generator may run ahead of the clock.
+    /// How many ticks ahead of the clock an ID may be handed out.
     pub max_lead: u64,
+    /// How many ticks beyond `max_lead` a run may be claimed, to be held until its release.
+    pub horizon: u64,
 }
 
 /// What [`plan`] decided.
@@ -207,9 +218,13 @@ pub fn plan(
     if tick > p.max_tick {
         return Err(Refusal::Exhausted);
     }
-    if tick > now_tick.saturating_add(p.max_lead) {
+    if tick
+        > now_tick
+            .saturating_add(p.max_lead)
+            .saturating_add(p.horizon)
+    {
         return Err(Refusal::Lead {
-            until_unix_ms: tick - p.max_lead,
+            until_unix_ms: tick - p.max_lead - p.horizon,
         });
     }
     if tick >= durable_limit {
@@ -262,6 +277,7 @@ impl<C: Clock> Generator<C> {
             max_lease: layout.max_lease(),
             max_tick: layout.max_tick(),
             max_lead: max_lead_ms,
+            horizon: 0,
         };
         let start = start_tick.min(params.max_tick + 1) << params.sequence_bits;
         Ok(Generator {
@@ -273,6 +289,20 @@ impl<C: Clock> Generator<C> {
             params,
             clock,
         })
+    }
+
+    /// Lets callers claim runs up to `ticks` beyond `max_lead`, to be held until
+    /// [`release_at`](Self::release_at). 0 (the default) refuses instead.
+    pub fn with_horizon(mut self, ticks: u64) -> Self {
+        self.params.horizon = ticks;
+        self
+    }
+
+    /// When a claimed run may be handed out: `None` if now, else the clock reading (Unix ms)
+    /// at which its tick is within `max_lead` of the clock.
+    pub fn release_at(&self, lease: &Lease) -> Option<u64> {
+        let earliest_tick = lease.tick.checked_sub(self.params.max_lead)?;
+        (earliest_tick > self.now_tick()).then(|| earliest_tick + self.layout.epoch_unix_ms())
     }
 
     /// Claims up to `n` consecutive IDs (at least 1; never more than is left of the tick).
@@ -321,6 +351,14 @@ impl<C: Clock> Generator<C> {
     /// The tick the next lease would carry at the earliest: the high-water mark to persist.
     pub fn next_tick(&self) -> u64 {
         self.position.load(Ordering::Acquire) >> self.params.sequence_bits
+    }
+
+    /// The first tick no ID has been or can be issued from: the next tick, or the one after
+    /// if the next is partly used. What a drained server persists as its mark.
+    pub fn first_unused_tick(&self) -> u64 {
+        let pos = self.position.load(Ordering::Acquire);
+        let mask = u64::from(self.params.max_lease) - 1;
+        (pos >> self.params.sequence_bits) + u64::from(pos & mask != 0)
     }
 
     /// How far the last issued tick is ahead of the clock, in ms (0 when not ahead).
@@ -375,7 +413,6 @@ impl<C: Clock> Generator<C> {
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
-    use std::sync::atomic::AtomicI64;
     use std::sync::Arc;
 
     use proptest::prelude::*;
@@ -448,6 +485,38 @@ mod tests {
         );
         clock.advance(1);
         assert!(g.lease(4096).is_ok());
+    }
+
+    #[test]
+    fn claims_beyond_the_lead_are_granted_in_order_and_held_until_released() {
+        let clock = ManualClock::at(T0);
+        let g = generator(&clock, 2).with_horizon(3);
+        let runs: Vec<Lease> = (0..6).map(|_| g.lease(4096).unwrap()).collect();
+        assert!(runs.windows(2).all(|w| w[1].tick == w[0].tick + 1));
+        // Ticks now..=now+2 go out at once; the next three are claims held for later.
+        assert_eq!(runs.iter().filter(|l| g.release_at(l).is_none()).count(), 3);
+        assert_eq!(g.release_at(&runs[3]), Some(T0 + 1));
+        assert_eq!(g.release_at(&runs[5]), Some(T0 + 3));
+        assert_eq!(
+            g.lease(1),
+            Err(Refusal::Lead {
+                until_unix_ms: T0 + 1
+            })
+        );
+        clock.advance(1);
+        assert_eq!(g.release_at(&runs[3]), None);
+    }
+
+    #[test]
+    fn a_clock_started_ahead_of_the_wall_counts_no_step_and_never_goes_back() {
+        let ahead = unix_ms_now() + 10_000;
+        let clock = MonotonicClock::at_least(ahead);
+        assert!(clock.now_unix_ms() >= ahead);
+        for _ in 0..3 {
+            assert!(clock.resync() < -9_000);
+        }
+        assert_eq!(clock.steps(), (0, 0));
+        assert!(clock.now_unix_ms() >= ahead);
     }
 
     #[test]
@@ -614,6 +683,7 @@ mod tests {
             max_lease: 4,
             max_tick: 1_000,
             max_lead: 1,
+            horizon: 1,
         };
         #[derive(Clone)]
         struct Thread {

@@ -267,7 +267,7 @@ pub fn render(m: &Metrics, g: &Gauges) -> String {
     metric(
         "snowlease_lead_ms",
         "gauge",
-        "How far the last issued tick is ahead of the server's clock.",
+        "How far the last claimed tick is ahead of the server clock; IDs are handed out at most max_lead ms ahead, claims beyond wait for their time.",
         &one(g.lead_ms),
     );
     metric(

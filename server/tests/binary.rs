@@ -261,26 +261,31 @@ fn sigterm_under_load_answers_in_order_then_goaway_and_exits_zero() {
     let stream = TcpStream::connect(s.lease).expect("connect");
     stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
     let mut writer = stream.try_clone().expect("clone");
-    // Keep requests flowing until the server stops reading.
-    let sender = std::thread::spawn(move || {
-        let mut sent = 0u32;
-        let mut batch = BytesMut::new();
-        while sent < 5_000_000 {
-            batch.clear();
-            for i in sent..sent + 100 {
-                Request::Lease {
-                    request_id: i,
-                    count: 64,
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Keep requests flowing until the reader sees GOAWAY, as a well-behaved client does.
+    let sender = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut sent = 0u32;
+            let mut batch = BytesMut::new();
+            while sent < 5_000_000 && !stop.load(std::sync::atomic::Ordering::Acquire) {
+                batch.clear();
+                for i in sent..sent + 100 {
+                    Request::Lease {
+                        request_id: i,
+                        count: 64,
+                    }
+                    .encode(&mut batch);
                 }
-                .encode(&mut batch);
+                if writer.write_all(&batch).is_err() {
+                    break;
+                }
+                sent += 100;
             }
-            if writer.write_all(&batch).is_err() {
-                break;
-            }
-            sent += 100;
-        }
-        sent
-    });
+            let _ = writer.shutdown(std::net::Shutdown::Write);
+            sent
+        })
+    };
     let mut c = Client {
         s: stream,
         buf: BytesMut::new(),
@@ -308,6 +313,7 @@ fn sigterm_under_load_answers_in_order_then_goaway_and_exits_zero() {
             Response::GoAway { reason } => {
                 assert_eq!(reason, wire::goaway::SHUTDOWN);
                 goaway = true;
+                stop.store(true, std::sync::atomic::Ordering::Release);
             }
             other => panic!("unexpected {other:?}"),
         }

@@ -1,0 +1,216 @@
+//! `snowlease-bench`: parses the command line, optionally spawns a server, runs
+//! [`snowlease_bench::run`] on a runtime of `--threads` threads, prints the table, writes the
+//! JSON and SVG files, and exits 0 (IDs received, none overlapping), 1 (no IDs or an overlap)
+//! or 2 (could not start).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use snowlease_bench::report::Report;
+use snowlease_bench::{spawn, svg, Mode, Settings};
+
+/// Load-test a snowlease server and check every ID it hands out is unique.
+#[derive(Debug, Parser)]
+#[command(name = "snowlease-bench", version)]
+struct Cli {
+    /// Server address (ignored with --spawn).
+    #[arg(long, env = "SNOWLEASE_ADDR", default_value = "127.0.0.1:7609")]
+    addr: String,
+    /// Start a snowlease-server on loopback ports for the run, and stop it after.
+    #[arg(long)]
+    spawn: bool,
+    /// The server binary for --spawn (default: snowlease-server next to this binary).
+    #[arg(long, requires = "spawn")]
+    server_bin: Option<PathBuf>,
+    /// Threads of the spawned server (its --threads).
+    #[arg(long, default_value_t = 1, requires = "spawn")]
+    server_threads: usize,
+    /// Extra argument for the spawned server (repeatable), e.g. --server-arg=--max-lead-ms=50.
+    #[arg(long, allow_hyphen_values = true, requires = "spawn")]
+    server_arg: Vec<String>,
+    /// Write the spawned server's log here.
+    #[arg(long, requires = "spawn")]
+    server_log: Option<PathBuf>,
+    /// What to drive the server with.
+    #[arg(long, value_enum, default_value_t = Mode::Raw)]
+    mode: Mode,
+    /// Raw mode: TCP connections.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    connections: u32,
+    /// Raw mode: LEASE requests kept in flight per connection.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    depth: u32,
+    /// IDs per LEASE (raw) or per lease() call (client-lease); at most the server's max_lease.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    batch: u32,
+    /// Client modes: tasks sharing one client.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    tasks: u32,
+    /// Runtime worker threads for the load generator. 1 by default so that, on a two-core
+    /// machine, the server keeps the other core.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    threads: u32,
+    /// Measured seconds (fractions allowed).
+    #[arg(long, default_value_t = 10.0, value_parser = seconds)]
+    duration: f64,
+    /// Unmeasured seconds before the measurement.
+    #[arg(long, default_value_t = 0.0, value_parser = seconds_or_zero)]
+    warmup: f64,
+    /// Milliseconds to wait for a connection, for any one reply, and for the final drain.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
+    timeout_ms: u64,
+    /// Check that no two blocks of IDs overlap (on by default).
+    #[arg(long, overrides_with = "no_verify")]
+    verify: bool,
+    /// Skip the overlap check (saves the memory of keeping every block).
+    #[arg(long)]
+    no_verify: bool,
+    /// Client mode: time one next_id() call in this many (1 = every call).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    sample_every: u64,
+    /// HELLO token, for servers that require one.
+    #[arg(long, env = "SNOWLEASE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Write all results and the per-second series as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write an SVG chart of IDs/s per second against the ceiling here.
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// No per-second progress lines on stderr.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn seconds(text: &str) -> Result<f64, String> {
+    let v = seconds_or_zero(text)?;
+    if v > 0.0 {
+        Ok(v)
+    } else {
+        Err("must be above 0".into())
+    }
+}
+
+fn seconds_or_zero(text: &str) -> Result<f64, String> {
+    let v: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if v.is_finite() && (0.0..=86_400.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{text} is outside 0..=86400 seconds"))
+    }
+}
+
+impl Cli {
+    fn settings(&self, addr: String) -> Settings {
+        Settings {
+            mode: self.mode,
+            addr,
+            connections: self.connections as usize,
+            depth: self.depth as usize,
+            batch: self.batch,
+            tasks: self.tasks as usize,
+            threads: self.threads as usize,
+            duration: Duration::from_secs_f64(self.duration),
+            warmup: Duration::from_secs_f64(self.warmup),
+            timeout: Duration::from_millis(self.timeout_ms),
+            verify: !self.no_verify,
+            sample_every: self.sample_every,
+            token: self.token.clone(),
+            quiet: self.quiet,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(message) => {
+            eprintln!("snowlease-bench: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: &Cli) -> Result<bool, String> {
+    let mut server = None;
+    let addr = if cli.spawn {
+        let bin = spawn::locate(cli.server_bin.as_deref())?;
+        let mut args = vec!["--threads".to_owned(), cli.server_threads.to_string()];
+        args.extend(cli.server_arg.iter().cloned());
+        let spawned = spawn::spawn(
+            &bin,
+            &args,
+            cli.server_log.as_deref(),
+            Duration::from_secs(15),
+        )?;
+        eprintln!(
+            "spawned {} (pid {}) on {}, admin {}",
+            bin.display(),
+            spawned.pid(),
+            spawned.lease_addr,
+            spawned.admin_addr
+        );
+        let addr = spawned.lease_addr.to_string();
+        server = Some(spawned);
+        addr
+    } else {
+        cli.addr.clone()
+    };
+    let settings = cli.settings(addr);
+    let runtime = build_runtime(settings.threads)?;
+    let result = runtime.block_on(snowlease_bench::run(&settings));
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    if let Some(mut server) = server {
+        eprintln!("server {}", server.stop());
+    }
+    let report = result?;
+    print!("{}", report.table());
+    write_outputs(cli, &report)?;
+    Ok(report.ok())
+}
+
+fn build_runtime(threads: usize) -> Result<tokio::runtime::Runtime, String> {
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    builder
+        .enable_all()
+        .thread_name("bench")
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
+fn write_outputs(cli: &Cli, report: &Report) -> Result<(), String> {
+    if let Some(path) = &cli.json {
+        let text = serde_json::to_string_pretty(report)
+            .map_err(|e| format!("cannot serialise the report: {e}"))?;
+        std::fs::write(path, text + "\n")
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    if let Some(path) = &cli.svg {
+        let title = format!(
+            "snowlease-bench {}: {} IDs/s",
+            report.settings.mode,
+            snowlease_bench::stats::thousands(report.ids_per_sec.round() as u64)
+        );
+        let chart = svg::chart(
+            &report.series,
+            report.ceiling_ids_per_sec,
+            report.workers.len().max(1),
+            &title,
+        );
+        std::fs::write(path, chart).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(())
+}

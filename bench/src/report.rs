@@ -1,0 +1,312 @@
+//! The results of a run: counters, latency, errors, the verdict and the series go into one
+//! [`Report`], which is printed as a table on stdout and serialised as JSON for `--json`
+//! (and charted by [`crate::svg`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use snowlease::Layout;
+
+use crate::stats::{self, duration_text, thousands, Counters, Latency, Sample};
+use crate::verify::Verdict;
+use crate::{Mode, Settings};
+
+/// The settings as reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReportSettings {
+    /// raw, client or client-lease.
+    pub mode: &'static str,
+    /// Server address.
+    pub addr: String,
+    /// Raw mode connections.
+    pub connections: usize,
+    /// Raw mode requests in flight per connection.
+    pub depth: usize,
+    /// IDs per LEASE or per `lease()` call.
+    pub batch: u32,
+    /// Client mode tasks.
+    pub tasks: usize,
+    /// Runtime threads.
+    pub threads: usize,
+    /// Measured seconds.
+    pub duration_s: f64,
+    /// Warmup seconds.
+    pub warmup_s: f64,
+    /// Whether blocks were checked for overlaps.
+    pub verify: bool,
+    /// One latency sample per this many calls (1 = every call).
+    pub latency_sampled_every: u64,
+}
+
+/// Everything a run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// How the run was set up.
+    pub settings: ReportSettings,
+    /// IDs received in the measured window.
+    pub ids: u64,
+    /// LEASED replies (raw) or successful calls (client modes) in the measured window.
+    pub leases: u64,
+    /// `ids` per measured second.
+    pub ids_per_sec: f64,
+    /// `leases` per measured second.
+    pub leases_per_sec: f64,
+    /// Distinct worker ids that answered.
+    pub workers: Vec<u16>,
+    /// What the workers seen can issue at most: a full sequence field per millisecond each.
+    pub ceiling_ids_per_sec: f64,
+    /// `ids_per_sec / ceiling_ids_per_sec`.
+    pub ceiling_share: f64,
+    /// Per-request (raw, client-lease) or per-call (client) latency.
+    pub latency: Latency,
+    /// Errors over the whole run, warmup and drain included.
+    pub errors: u64,
+    /// The same, by kind.
+    pub error_kinds: BTreeMap<String, u64>,
+    /// The overlap check, when enabled.
+    pub verify: Option<Verdict>,
+    /// IDs/s per second of the measured window.
+    pub series: Vec<Sample>,
+}
+
+impl Report {
+    /// Assembles a report from a finished run.
+    #[allow(clippy::too_many_arguments)]
+    pub fn build(
+        settings: &Settings,
+        counters: &Counters,
+        layout: &Layout,
+        workers: BTreeSet<u16>,
+        latency: &Histogram<u64>,
+        error_kinds: BTreeMap<String, u64>,
+        verify: Option<Verdict>,
+        series: Vec<Sample>,
+    ) -> Report {
+        let secs = settings.duration.as_secs_f64();
+        let ids = counters.ids.load(Ordering::Relaxed);
+        let leases = counters.leases.load(Ordering::Relaxed);
+        let ids_per_sec = stats::rate(ids, secs);
+        let ceiling = stats::ceiling_per_worker(layout) * workers.len().max(1) as f64;
+        Report {
+            settings: ReportSettings {
+                mode: settings.mode.name(),
+                addr: settings.addr.clone(),
+                connections: settings.connections,
+                depth: settings.depth,
+                batch: settings.batch,
+                tasks: settings.tasks,
+                threads: settings.threads,
+                duration_s: secs,
+                warmup_s: settings.warmup.as_secs_f64(),
+                verify: settings.verify,
+                latency_sampled_every: match settings.mode {
+                    Mode::Client => settings.sample_every,
+                    _ => 1,
+                },
+            },
+            ids,
+            leases,
+            ids_per_sec,
+            leases_per_sec: stats::rate(leases, secs),
+            workers: workers.into_iter().collect(),
+            ceiling_ids_per_sec: ceiling,
+            ceiling_share: if ceiling > 0.0 {
+                ids_per_sec / ceiling
+            } else {
+                0.0
+            },
+            latency: stats::latency(latency),
+            errors: error_kinds.values().sum(),
+            error_kinds,
+            verify,
+            series,
+        }
+    }
+
+    /// Whether the run proved anything: IDs arrived and none overlapped.
+    pub fn ok(&self) -> bool {
+        self.ids > 0 && self.verify.as_ref().is_none_or(Verdict::ok)
+    }
+
+    /// The end-of-run table.
+    pub fn table(&self) -> String {
+        let s = &self.settings;
+        let shape = match s.mode {
+            "raw" => format!(
+                "{} connections x depth {}, batch {}",
+                s.connections, s.depth, s.batch
+            ),
+            "client-lease" => format!("{} tasks, lease({})", s.tasks, s.batch),
+            _ => format!(
+                "{} tasks, next_id() (latency: 1 call in {} timed)",
+                s.tasks, s.latency_sampled_every
+            ),
+        };
+        let per_call = if s.mode == "raw" {
+            "leases/s"
+        } else {
+            "calls/s"
+        };
+        let workers = self.workers.len().max(1);
+        let mut rows: Vec<(String, String)> = vec![
+            ("mode".into(), format!("{} against {}", s.mode, s.addr)),
+            ("load".into(), shape),
+            (
+                "time".into(),
+                format!(
+                    "{:.1} s measured after {:.1} s warmup, {} runtime thread(s)",
+                    s.duration_s, s.warmup_s, s.threads
+                ),
+            ),
+            ("IDs".into(), thousands(self.ids)),
+            ("IDs/s".into(), thousands(self.ids_per_sec.round() as u64)),
+            (
+                per_call.into(),
+                thousands(self.leases_per_sec.round() as u64),
+            ),
+            (
+                "ceiling".into(),
+                format!(
+                    "{} IDs/s ({workers} worker{}: {:?}), {:.1} % used",
+                    thousands(self.ceiling_ids_per_sec.round() as u64),
+                    if workers == 1 { "" } else { "s" },
+                    self.workers,
+                    self.ceiling_share * 100.0
+                ),
+            ),
+        ];
+        let l = &self.latency;
+        rows.push((
+            "latency".into(),
+            format!(
+                "p50 {}  p99 {}  p99.9 {}  max {}  mean {}  ({} samples)",
+                duration_text(l.p50_us),
+                duration_text(l.p99_us),
+                duration_text(l.p999_us),
+                duration_text(l.max_us),
+                duration_text(l.mean_us),
+                thousands(l.count)
+            ),
+        ));
+        let kinds: Vec<String> = self
+            .error_kinds
+            .iter()
+            .map(|(k, n)| format!("{k}: {n}"))
+            .collect();
+        rows.push((
+            "errors".into(),
+            if kinds.is_empty() {
+                "0".into()
+            } else {
+                format!("{} ({})", self.errors, kinds.join(", "))
+            },
+        ));
+        rows.push((
+            "verify".into(),
+            self.verify
+                .as_ref()
+                .map_or_else(|| "off".into(), Verdict::describe),
+        ));
+        let mut out = String::new();
+        for (name, value) in rows {
+            // Writing to a String cannot fail.
+            let _ = writeln!(out, "{name:<14}{value}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use super::*;
+    use crate::verify::{check_disjoint, Block};
+
+    fn settings() -> Settings {
+        Settings {
+            mode: Mode::Raw,
+            addr: "127.0.0.1:1".into(),
+            connections: 2,
+            depth: 4,
+            batch: 4096,
+            tasks: 1,
+            threads: 1,
+            duration: Duration::from_secs(2),
+            warmup: Duration::ZERO,
+            timeout: Duration::from_secs(1),
+            verify: true,
+            sample_every: 16,
+            token: None,
+            quiet: true,
+        }
+    }
+
+    fn report(ids: u64, workers: &[u16], verdict: Option<Verdict>) -> Report {
+        let counters = Counters::default();
+        counters.add(ids, ids / 4096, 0);
+        let mut h = stats::histogram();
+        stats::record(&mut h, Duration::from_micros(50));
+        Report::build(
+            &settings(),
+            &counters,
+            &Layout::DEFAULT,
+            workers.iter().copied().collect(),
+            &h,
+            BTreeMap::from([("ERROR UNAVAILABLE".to_string(), 2)]),
+            verdict,
+            Vec::new(),
+        )
+    }
+
+    #[test]
+    fn rates_and_the_ceiling_share_scale_with_workers() {
+        let r = report(8_192_000, &[1], None);
+        assert_eq!(r.ids_per_sec, 4_096_000.0);
+        assert_eq!(r.leases_per_sec, 1000.0);
+        assert_eq!(r.ceiling_share, 1.0);
+        let r = report(8_192_000, &[1, 2], None);
+        assert_eq!(r.ceiling_ids_per_sec, 8_192_000.0);
+        assert_eq!(r.ceiling_share, 0.5);
+        assert_eq!(r.errors, 2);
+    }
+
+    #[test]
+    fn a_run_is_ok_only_with_ids_and_no_overlap() {
+        assert!(report(4096, &[1], None).ok());
+        assert!(!report(0, &[1], None).ok());
+        let overlap =
+            check_disjoint(&mut [Block { first: 1, count: 2 }, Block { first: 2, count: 1 }]);
+        assert!(!report(4096, &[1], Some(overlap)).ok());
+    }
+
+    #[test]
+    fn the_table_names_every_figure() {
+        let t = report(8_192_000, &[3], None).table();
+        for needle in [
+            "IDs/s         4,096,000",
+            "leases/s      1,000",
+            "100.0 % used",
+            "p50 50.0 us",
+            "errors        2 (ERROR UNAVAILABLE: 2)",
+            "verify        off",
+        ] {
+            assert!(t.contains(needle), "{needle:?} missing from\n{t}");
+        }
+    }
+
+    #[test]
+    fn the_report_serialises_to_json_with_the_series() {
+        let json = serde_json::to_value(report(4096, &[1], None)).unwrap();
+        assert_eq!(json["settings"]["mode"], "raw");
+        assert_eq!(json["ids"], 4096);
+        assert!(json["series"].is_array());
+        assert!(json["latency"]["p99_us"].is_number());
+    }
+}

@@ -1,0 +1,213 @@
+//! One TCP connection to a server, frame by frame.
+//!
+//! Bytes arrive from the socket into a read buffer; [`FrameReader::next_frame`] splits one
+//! response off its front with [`wire::decode_response`] and hands back both the decoded
+//! [`Response`] and the exact bytes it came from (for `--hex`). Requests go out through
+//! [`FrameWriter::send`] as whole encoded frames. Every wait is bounded by the caller's
+//! deadline so snowcat never hangs on a silent server.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::time::{timeout_at, Instant};
+
+use snowlease::wire::{self, Request, Response, Welcome, LEN_PREFIX, MAX_FRAME_LEN};
+
+use crate::Failure;
+
+/// A decoded reply and the bytes it was decoded from.
+pub struct Frame {
+    /// The reply.
+    pub response: Response,
+    /// Its bytes on the wire, length prefix included.
+    pub bytes: Bytes,
+}
+
+/// What can go wrong while waiting for a reply.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The server closed the connection.
+    #[error("the server closed the connection")]
+    Closed,
+    /// Nothing complete arrived before the deadline.
+    #[error("no reply within the timeout")]
+    TimedOut,
+    /// The server sent bytes that are not protocol.
+    #[error("the server sent a malformed frame ({error}); bytes: {hex}")]
+    Malformed {
+        /// Why decoding failed.
+        error: wire::WireError,
+        /// The start of the offending bytes.
+        hex: String,
+    },
+    /// The socket failed.
+    #[error("read failed: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// The read half: a socket and the bytes read but not yet decoded.
+pub struct FrameReader {
+    stream: OwnedReadHalf,
+    buf: BytesMut,
+}
+
+/// The write half.
+pub struct FrameWriter {
+    stream: OwnedWriteHalf,
+}
+
+/// Resolves `addr` and connects to the first address that answers, all within `timeout`.
+pub async fn connect(addr: &str, timeout: Duration) -> Result<(FrameReader, FrameWriter), Failure> {
+    let deadline = Instant::now() + timeout;
+    let addrs = match timeout_at(deadline, tokio::net::lookup_host(addr)).await {
+        Ok(Ok(addrs)) => addrs.collect::<Vec<_>>(),
+        Ok(Err(e)) => return Err(Failure::Connect(format!("cannot resolve {addr:?}: {e}"))),
+        Err(_) => return Err(Failure::Connect(format!("resolving {addr:?} timed out"))),
+    };
+    let mut last_error = format!("{addr:?} resolved to no address");
+    for sockaddr in addrs {
+        match timeout_at(deadline, TcpStream::connect(sockaddr)).await {
+            Ok(Ok(stream)) => {
+                // Requests are tiny and latency is what ping and the netcat mode show.
+                stream.set_nodelay(true).ok();
+                let (read, write) = stream.into_split();
+                let reader = FrameReader {
+                    stream: read,
+                    buf: BytesMut::with_capacity(8 * 1024),
+                };
+                return Ok((reader, FrameWriter { stream: write }));
+            }
+            Ok(Err(e)) => last_error = format!("cannot connect to {sockaddr}: {e}"),
+            Err(_) => {
+                last_error = format!("connecting to {sockaddr} timed out after {timeout:?}");
+                break;
+            }
+        }
+    }
+    Err(Failure::Connect(last_error))
+}
+
+impl FrameReader {
+    /// The next reply, reading from the socket only when the buffer holds no complete frame.
+    pub async fn next_frame(&mut self, deadline: Instant) -> Result<Frame, ReadError> {
+        loop {
+            if let Some(frame) = self.decoded()? {
+                return Ok(frame);
+            }
+            match timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+                Err(_) => return Err(ReadError::TimedOut),
+                Ok(Ok(0)) => return Err(ReadError::Closed),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(ReadError::Io(e)),
+            }
+        }
+    }
+
+    fn decoded(&mut self) -> Result<Option<Frame>, ReadError> {
+        let total = frame_len(&self.buf);
+        let snapshot = match total {
+            Some(total) if self.buf.len() >= total => Bytes::copy_from_slice(&self.buf[..total]),
+            _ => Bytes::new(),
+        };
+        match wire::decode_response(&mut self.buf) {
+            Ok(Some(response)) => Ok(Some(Frame {
+                response,
+                bytes: snapshot,
+            })),
+            Ok(None) => Ok(None),
+            Err(error) => {
+                let shown = &self.buf[..self.buf.len().min(64)];
+                Err(ReadError::Malformed {
+                    error,
+                    hex: hex(shown),
+                })
+            }
+        }
+    }
+}
+
+/// Total length of the frame at the front of `buf` (prefix included), if the prefix is there
+/// and valid.
+fn frame_len(buf: &[u8]) -> Option<usize> {
+    let prefix: [u8; LEN_PREFIX] = buf.get(..LEN_PREFIX)?.try_into().ok()?;
+    let len = u32::from_be_bytes(prefix);
+    (1..=MAX_FRAME_LEN)
+        .contains(&len)
+        .then(|| LEN_PREFIX + len as usize)
+}
+
+impl FrameWriter {
+    /// Writes already-encoded frames.
+    pub async fn send(&mut self, bytes: &[u8], deadline: Instant) -> io::Result<()> {
+        match timeout_at(deadline, self.stream.write_all(bytes)).await {
+            Ok(result) => result,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the server did not accept the request within the timeout",
+            )),
+        }
+    }
+}
+
+/// Sends HELLO and waits for WELCOME: the subcommands that need the server's layout or
+/// max_lease (and any server that requires a token) start this way.
+pub async fn handshake(
+    reader: &mut FrameReader,
+    writer: &mut FrameWriter,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<Welcome, Failure> {
+    let deadline = Instant::now() + timeout;
+    let hello = Request::Hello {
+        version: wire::VERSION,
+        token: Bytes::copy_from_slice(token.unwrap_or("").as_bytes()),
+    };
+    writer
+        .send(&hello.to_bytes(), deadline)
+        .await
+        .map_err(|e| Failure::Failed(format!("sending HELLO failed: {e}")))?;
+    let frame = reader
+        .next_frame(deadline)
+        .await
+        .map_err(|e| Failure::Failed(format!("waiting for WELCOME: {e}")))?;
+    match frame.response {
+        Response::Welcome(welcome) => Ok(welcome),
+        other => Err(Failure::Failed(format!(
+            "expected WELCOME in reply to HELLO, got {}",
+            crate::format::response_line(&other, &snowlease::Layout::DEFAULT)
+        ))),
+    }
+}
+
+/// Lower-case hex of `bytes`, no separators.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        // Writing to a String cannot fail.
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_len_needs_a_valid_prefix() {
+        assert_eq!(frame_len(&[0, 0, 0]), None);
+        assert_eq!(frame_len(&[0, 0, 0, 0]), None);
+        assert_eq!(frame_len(&[0, 0, 0, 9, 2]), Some(13));
+        assert_eq!(frame_len(&[0xff, 0, 0, 0]), None);
+    }
+
+    #[test]
+    fn hex_is_lower_case_without_separators() {
+        assert_eq!(hex(&[0, 0x0a, 0xff]), "000aff");
+    }
+}

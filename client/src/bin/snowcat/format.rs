@@ -1,0 +1,169 @@
+//! Turns replies into the one-line text snowcat prints: a [`Response`] goes in, together with
+//! the layout to decode IDs with, and a line like
+//! `LEASED id=1 first=123456 count=5 (2026-11-28T10:00:00.123Z worker 0 seq 0..4)` comes out.
+//! Pure functions, so the exact text is unit-tested.
+
+use snowlease::layout::format_unix_ms;
+use snowlease::wire::{goaway, Response, Welcome};
+use snowlease::Layout;
+
+/// One readable line for a reply.
+pub fn response_line(response: &Response, layout: &Layout) -> String {
+    match response {
+        Response::Welcome(w) => welcome_line(w),
+        Response::Leased {
+            request_id,
+            first_id,
+            count,
+        } => format!(
+            "LEASED id={request_id} first={first_id} count={count} ({})",
+            range_summary(*first_id, *count, layout)
+        ),
+        Response::Pong { nonce } => format!("PONG nonce={nonce}"),
+        Response::GoAway { reason } => {
+            format!("GOAWAY reason={}({reason})", goaway::name(*reason))
+        }
+        Response::Error {
+            request_id,
+            code,
+            message,
+        } => format!("ERROR id={request_id} code={code:?} message={message:?}"),
+    }
+}
+
+fn welcome_line(w: &Welcome) -> String {
+    format!(
+        "WELCOME version={} worker={} layout={}/{}/{} epoch={} max_lease={} server_time={}",
+        w.version,
+        w.worker_id,
+        w.timestamp_bits,
+        w.worker_bits,
+        w.sequence_bits,
+        format_unix_ms(w.epoch_unix_ms),
+        w.max_lease,
+        format_unix_ms(w.server_unix_ms)
+    )
+}
+
+/// What a block of IDs decodes to. A block normally sits inside one tick of one worker, so its
+/// sequence numbers are a run; anything else is shown as first and last in full.
+fn range_summary(first: u64, count: u32, layout: &Layout) -> String {
+    let start = layout.decompose(first);
+    let Some(last_id) = first.checked_add(u64::from(count.max(1)) - 1) else {
+        return format!("{start}, block overflows u64");
+    };
+    let last = layout.decompose(last_id);
+    if start.tick == last.tick && start.worker == last.worker && last.sequence >= start.sequence {
+        format!(
+            "{} worker {} seq {}..{}",
+            format_unix_ms(start.unix_ms),
+            start.worker,
+            start.sequence,
+            last.sequence
+        )
+    } else {
+        format!("{start} .. {last}")
+    }
+}
+
+/// The layout a WELCOME announces, or `None` if its widths are invalid.
+pub fn welcome_layout(w: &Welcome) -> Option<Layout> {
+    Layout::widths(
+        w.epoch_unix_ms,
+        w.timestamp_bits,
+        w.worker_bits,
+        w.sequence_bits,
+    )
+    .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use snowlease::wire::ErrorCode;
+
+    use super::*;
+
+    #[test]
+    fn leased_lines_show_the_decoded_block() {
+        let layout = Layout::DEFAULT;
+        let first = layout.compose(1, 3, 10);
+        let line = response_line(
+            &Response::Leased {
+                request_id: 1,
+                first_id: first,
+                count: 5,
+            },
+            &layout,
+        );
+        assert_eq!(
+            line,
+            format!(
+                "LEASED id=1 first={first} count=5 (2024-01-01T00:00:00.001Z worker 3 seq 10..14)"
+            )
+        );
+    }
+
+    #[test]
+    fn a_block_crossing_ticks_shows_both_ends() {
+        let layout = Layout::DEFAULT;
+        let first = layout.compose(1, 0, 4095);
+        let line = response_line(
+            &Response::Leased {
+                request_id: 2,
+                first_id: first,
+                count: 2,
+            },
+            &layout,
+        );
+        assert!(line.contains("sequence 4095 .. "), "{line}");
+    }
+
+    #[test]
+    fn errors_name_their_code_and_quote_the_message() {
+        let line = response_line(
+            &Response::Error {
+                request_id: 0,
+                code: ErrorCode::INVALID_COUNT,
+                message: "count \"0\"".into(),
+            },
+            &Layout::DEFAULT,
+        );
+        assert_eq!(
+            line,
+            r#"ERROR id=0 code=INVALID_COUNT(3) message="count \"0\"""#
+        );
+    }
+
+    #[test]
+    fn goaway_and_pong_lines_are_short() {
+        let layout = Layout::DEFAULT;
+        assert_eq!(
+            response_line(&Response::GoAway { reason: 0 }, &layout),
+            "GOAWAY reason=SHUTDOWN(0)"
+        );
+        assert_eq!(
+            response_line(&Response::Pong { nonce: 7 }, &layout),
+            "PONG nonce=7"
+        );
+    }
+
+    #[test]
+    fn welcome_lines_spell_out_the_layout() {
+        let w = Welcome {
+            version: 1,
+            worker_id: 7,
+            epoch_unix_ms: 1_704_067_200_000,
+            timestamp_bits: 41,
+            worker_bits: 10,
+            sequence_bits: 12,
+            max_lease: 4096,
+            server_unix_ms: 1_704_067_200_000,
+        };
+        assert_eq!(
+            response_line(&Response::Welcome(w), &Layout::DEFAULT),
+            "WELCOME version=1 worker=7 layout=41/10/12 epoch=2024-01-01T00:00:00.000Z \
+             max_lease=4096 server_time=2024-01-01T00:00:00.000Z"
+        );
+        assert_eq!(welcome_layout(&w), Some(Layout::DEFAULT));
+    }
+}

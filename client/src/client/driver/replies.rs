@@ -1,0 +1,127 @@
+//! Applying what servers send: a WELCOME makes a connection ready (once its layout and
+//! worker id check out), a LEASED reply is verified against the oldest outstanding request and
+//! its range goes to the buffer or to the caller of a direct lease, a GOAWAY lets the
+//! outstanding replies finish, and an ERROR ends the connection. Every `Err` returned here
+//! makes the driver drop the connection without using anything it sent.
+
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+use super::slots::Dest;
+use super::Driver;
+use crate::client::buffer::Block;
+use crate::client::shared::lock;
+use crate::client::verify::{self, Asked, Leased};
+use crate::client::{Error, IdRange};
+use crate::wire::{Response, Welcome};
+
+impl Driver {
+    /// Applies one frame; an `Err` drops the connection.
+    pub(super) fn on_frame(
+        &mut self,
+        index: usize,
+        frame: Response,
+        now: Instant,
+    ) -> Result<(), Error> {
+        let addr = self.slots[index].addr;
+        let protocol = |reason: String| Error::Protocol { addr, reason };
+        match frame {
+            Response::Welcome(w) => self.on_welcome(index, &w).map_err(protocol),
+            Response::Leased {
+                request_id,
+                first_id,
+                count,
+            } => {
+                let reply = Leased {
+                    request_id,
+                    first_id,
+                    count,
+                };
+                self.on_leased(index, reply, now).map_err(protocol)?;
+                match self.slots[index].conn() {
+                    Some(c) if c.outstanding.is_empty() => match c.draining {
+                        Some(reason) => Err(Error::GoAway { addr, reason }),
+                        None => Ok(()),
+                    },
+                    _ => Ok(()),
+                }
+            }
+            Response::Pong { .. } => Ok(()),
+            Response::GoAway { reason } => {
+                let conn = self.slots[index].conn_mut().ok_or(Error::Closed)?;
+                conn.draining = Some(reason);
+                if conn.outstanding.is_empty() {
+                    return Err(Error::GoAway { addr, reason });
+                }
+                debug!(%addr, "GOAWAY; waiting for {} replies", conn.outstanding.len());
+                Ok(())
+            }
+            Response::Error { code, message, .. } => Err(Error::Server {
+                addr,
+                code,
+                message,
+            }),
+        }
+    }
+
+    fn on_welcome(&mut self, index: usize, w: &Welcome) -> Result<(), String> {
+        let layout = verify::check_welcome(w, self.shared.layout.get().copied())?;
+        if let Some(other) = self.slots.iter().find(|s| {
+            s.conn()
+                .and_then(|c| c.ready)
+                .is_some_and(|r| r.0 == w.worker_id)
+        }) {
+            return Err(format!(
+                "worker {} is already connected at {}; two addresses reach the same server, \
+                 or two servers share a worker id",
+                w.worker_id, other.addr
+            ));
+        }
+        let slot = &mut self.slots[index];
+        let conn = slot.conn_mut().ok_or("no connection")?;
+        if conn.ready.is_some() {
+            return Err("second WELCOME on one connection".into());
+        }
+        conn.ready = Some((w.worker_id, w.max_lease));
+        slot.failures = 0;
+        slot.last_error = None;
+        let _ = self.shared.layout.set(layout);
+        *lock(&self.shared.fatal) = None;
+        info!(addr = %slot.addr, worker_id = w.worker_id, %layout, "connected");
+        self.shared.refilled.notify_waiters();
+        Ok(())
+    }
+
+    fn on_leased(&mut self, index: usize, reply: Leased, now: Instant) -> Result<(), String> {
+        let layout = self.shared.layout.get().copied().unwrap_or_default();
+        let conn = self.slots[index].conn_mut().ok_or("no connection")?;
+        let (worker, _) = conn.ready.ok_or("LEASED before WELCOME")?;
+        let asked = conn.outstanding.front().map(|o| Asked {
+            request_id: o.request_id,
+            count: o.count,
+        });
+        let prev = self.last_end.get(&worker).copied();
+        let end = verify::check_leased(&layout, worker, asked, prev, reply)?;
+        let Some(done) = conn.outstanding.pop_front() else {
+            return Err("no LEASE outstanding".into());
+        };
+        self.last_end.insert(worker, end);
+        let range = IdRange {
+            first: reply.first_id,
+            count: reply.count,
+        };
+        if let Dest::Caller(tx) = done.dest {
+            // If the caller gave up, the IDs are still good: buffer them.
+            if tx.send(Ok(range)).is_ok() {
+                return Ok(());
+            }
+        }
+        self.shared.buffer().push(Block {
+            next: range.first,
+            end,
+            received: now,
+        });
+        self.delivered = true;
+        Ok(())
+    }
+}

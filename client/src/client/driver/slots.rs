@@ -1,0 +1,247 @@
+//! Servers as the driver tracks them: each configured endpoint, each address it resolves
+//! to (a [`Slot`]), and the connection on that address with its outstanding LEASEs.
+//!
+//! A slot is either live (a connection task exists) or waiting out a jittered backoff. A
+//! waiting slot whose time has come first asks its endpoint for a fresh resolution (names
+//! only; a Kubernetes headless Service may have replaced the pod), then reconnects if its
+//! address is still listed. Addresses a resolution no longer lists are removed once their
+//! connection ends; new ones get slots that connect at once.
+
+use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::{Driver, Event};
+use crate::client::config::Target;
+use crate::client::conn::{self, ConnHandle, ConnId, ConnParams};
+use crate::client::shared::lock;
+use crate::client::{Error, IdRange};
+
+/// How often a name is re-resolved while its connections are healthy: 30 s. Lost
+/// connections re-resolve at once; this only bounds how long a scale-up of a headless
+/// Service goes unnoticed, at the cost of one DNS query per name per 30 s.
+const RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// A configured endpoint.
+#[derive(Debug)]
+pub(super) struct Endpoint {
+    pub(super) target: Target,
+    pub(super) resolving: bool,
+    /// When the last resolution finished (successfully or not).
+    pub(super) resolved_at: Option<Instant>,
+    pub(super) next_resolve: Instant,
+    pub(super) failures: u32,
+}
+
+/// One server address and its connection, if any.
+#[derive(Debug)]
+pub(super) struct Slot {
+    pub(super) addr: SocketAddr,
+    pub(super) endpoint: usize,
+    /// Still in the endpoint's latest resolution; an unlisted slot is removed when its
+    /// connection ends instead of reconnecting.
+    pub(super) listed: bool,
+    /// Failures since the last WELCOME; drives the backoff.
+    pub(super) failures: u32,
+    pub(super) last_error: Option<Error>,
+    pub(super) state: SlotState,
+}
+
+#[derive(Debug)]
+pub(super) enum SlotState {
+    Waiting { retry_at: Instant },
+    Live(Conn),
+}
+
+#[derive(Debug)]
+pub(super) struct Conn {
+    pub(super) id: ConnId,
+    pub(super) handle: ConnHandle,
+    /// Set by the WELCOME: the server's worker id and largest LEASE.
+    pub(super) ready: Option<(u16, u32)>,
+    /// GOAWAY reason: send nothing more, reconnect once the outstanding replies are in.
+    pub(super) draining: Option<u16>,
+    pub(super) outstanding: VecDeque<Outstanding>,
+    pub(super) next_request_id: u32,
+}
+
+#[derive(Debug)]
+pub(super) struct Outstanding {
+    pub(super) request_id: u32,
+    pub(super) count: u32,
+    pub(super) sent: Instant,
+    pub(super) dest: Dest,
+}
+
+#[derive(Debug)]
+pub(super) enum Dest {
+    Buffer,
+    Caller(oneshot::Sender<Result<IdRange, Error>>),
+}
+
+impl Slot {
+    pub(super) fn new(addr: SocketAddr, endpoint: usize, now: Instant) -> Slot {
+        Slot {
+            addr,
+            endpoint,
+            listed: true,
+            failures: 0,
+            last_error: None,
+            state: SlotState::Waiting { retry_at: now },
+        }
+    }
+
+    pub(super) fn conn(&self) -> Option<&Conn> {
+        match &self.state {
+            SlotState::Live(c) => Some(c),
+            SlotState::Waiting { .. } => None,
+        }
+    }
+
+    pub(super) fn conn_mut(&mut self) -> Option<&mut Conn> {
+        match &mut self.state {
+            SlotState::Live(c) => Some(c),
+            SlotState::Waiting { .. } => None,
+        }
+    }
+
+    pub(super) fn conn_id(&self) -> Option<ConnId> {
+        self.conn().map(|c| c.id)
+    }
+
+    pub(super) fn retry_at(&self) -> Option<Instant> {
+        match self.state {
+            SlotState::Waiting { retry_at } => Some(retry_at),
+            SlotState::Live(_) => None,
+        }
+    }
+}
+
+impl Driver {
+    pub(super) fn resolve_and_connect(&mut self, now: Instant) {
+        for index in 0..self.endpoints.len() {
+            let ep = &self.endpoints[index];
+            let Target::Name(name) = &ep.target else {
+                continue;
+            };
+            if ep.resolving {
+                continue;
+            }
+            // A slot due to reconnect wants addresses newer than its failure.
+            let stale_for_slot = self.slots.iter().any(|s| {
+                s.endpoint == index
+                    && s.retry_at()
+                        .is_some_and(|t| t <= now && ep.resolved_at.is_none_or(|r| r < t))
+            });
+            if now >= ep.next_resolve || stale_for_slot {
+                self.spawn_resolve(index, name.clone());
+            }
+        }
+        for index in 0..self.slots.len() {
+            let slot = &self.slots[index];
+            let Some(retry_at) = slot.retry_at() else {
+                continue;
+            };
+            let ep = &self.endpoints[slot.endpoint];
+            let fresh = match ep.target {
+                Target::Addr(_) => true,
+                Target::Name(_) => ep.resolved_at.is_some_and(|r| r >= retry_at),
+            };
+            if retry_at <= now && fresh {
+                self.connect(index);
+            }
+        }
+    }
+
+    fn spawn_resolve(&mut self, index: usize, name: String) {
+        self.endpoints[index].resolving = true;
+        let events = self.events_tx.clone();
+        let limit = self.config.connect_timeout;
+        tokio::spawn(async move {
+            let lookup = tokio::time::timeout(limit, tokio::net::lookup_host(name.clone())).await;
+            let result = match lookup {
+                Ok(Ok(addrs)) => {
+                    let mut seen = HashSet::new();
+                    let addrs: Vec<_> = addrs.filter(|a| seen.insert(*a)).collect();
+                    if addrs.is_empty() {
+                        Err(Error::NoAddresses { endpoint: name })
+                    } else {
+                        Ok(addrs)
+                    }
+                }
+                Ok(Err(e)) => Err(Error::Resolve {
+                    endpoint: name,
+                    source: e.into(),
+                }),
+                Err(_) => Err(Error::Resolve {
+                    endpoint: name,
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer within {limit:?}"),
+                    )
+                    .into(),
+                }),
+            };
+            let _ = events.send(Event::Resolved(index, result)).await;
+        });
+    }
+
+    pub(super) fn on_resolved(
+        &mut self,
+        index: usize,
+        result: Result<Vec<SocketAddr>, Error>,
+        now: Instant,
+    ) {
+        let ep = &mut self.endpoints[index];
+        ep.resolving = false;
+        ep.resolved_at = Some(now);
+        let addrs = match result {
+            Ok(addrs) => addrs,
+            Err(why) => {
+                // Keep the addresses we have; DNS blips should not cut working servers off.
+                let delay = self.config.backoff.delay(ep.failures);
+                ep.failures = ep.failures.saturating_add(1);
+                ep.next_resolve = now + delay;
+                warn!(error = %why, retry_in = ?delay, "resolution failed");
+                *lock(&self.shared.last_error) = Some(why);
+                return;
+            }
+        };
+        ep.failures = 0;
+        ep.next_resolve = now + RESOLVE_INTERVAL;
+        for slot in self.slots.iter_mut().filter(|s| s.endpoint == index) {
+            slot.listed = addrs.contains(&slot.addr);
+        }
+        self.slots
+            .retain(|s| s.listed || s.endpoint != index || s.conn().is_some());
+        for addr in addrs {
+            if !self.slots.iter().any(|s| s.addr == addr) {
+                debug!(%addr, "new server address");
+                self.slots.push(Slot::new(addr, index, now));
+            }
+        }
+    }
+
+    fn connect(&mut self, index: usize) {
+        let id = self.next_conn_id;
+        self.next_conn_id += 1;
+        let params = ConnParams {
+            addr: self.slots[index].addr,
+            hello: self.hello.clone(),
+            connect_timeout: self.config.connect_timeout,
+        };
+        let handle = conn::spawn(id, params, self.events_tx.clone());
+        self.slots[index].state = SlotState::Live(Conn {
+            id,
+            handle,
+            ready: None,
+            draining: None,
+            outstanding: VecDeque::new(),
+            next_request_id: 1,
+        });
+    }
+}

@@ -1,0 +1,412 @@
+//! snowcat end to end: the built binary against an in-process server on 127.0.0.1:0.
+//!
+//! Each test starts its own server, runs snowcat with arguments and stdin, and reads its exit
+//! code, stdout and stderr. Every run is bounded: a child still running after
+//! [`RUN_LIMIT`] is killed and the test fails.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use snowlease::Layout;
+use snowlease_server::{start, RunningServer, ServerConfig};
+
+/// Far above any run here (each takes milliseconds) and below a test harness's patience.
+const RUN_LIMIT: Duration = Duration::from_secs(30);
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn server() -> RunningServer {
+    start(ServerConfig::for_tests(3)).unwrap()
+}
+
+fn snowcat(args: &[&str], stdin: &str) -> Run {
+    snowcat_env(args, stdin, &[])
+}
+
+fn snowcat_env(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Run {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_snowcat"))
+        .args(args)
+        .env_remove("SNOWLEASE_ADDR")
+        .env_remove("SNOWLEASE_TOKEN")
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let text = stdin.to_owned();
+    let writer = thread::spawn(move || {
+        // A child that exits early closes the pipe; that is its business, not an error here.
+        let _ = input.write_all(text.as_bytes());
+    });
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_reader = thread::spawn(move || {
+        let mut s = String::new();
+        out.read_to_string(&mut s).unwrap();
+        s
+    });
+    let err_reader = thread::spawn(move || {
+        let mut s = String::new();
+        err.read_to_string(&mut s).unwrap();
+        s
+    });
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > RUN_LIMIT {
+            child.kill().unwrap();
+            panic!("snowcat {args:?} still running after {RUN_LIMIT:?}");
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    writer.join().unwrap();
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout: out_reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+    }
+}
+
+fn addr(server: &RunningServer) -> String {
+    server.lease_addr().to_string()
+}
+
+#[test]
+fn lease_prints_n_distinct_rising_ids_from_the_servers_worker() {
+    let s = server();
+    let run = snowcat(&["lease", "10000", "--addr", &addr(&s)], "");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let ids: Vec<u64> = run.stdout.lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(ids.len(), 10_000);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "IDs must rise");
+    assert!(ids
+        .iter()
+        .all(|&id| Layout::DEFAULT.decompose(id).worker == 3));
+}
+
+#[test]
+fn lease_ranges_prints_blocks_that_add_up_to_n() {
+    let s = server();
+    let run = snowcat(&["--addr", &addr(&s), "lease", "9000", "--ranges"], "");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let mut total = 0u64;
+    for line in run.stdout.lines() {
+        let (first, count) = line.split_once(' ').unwrap();
+        first.parse::<u64>().unwrap();
+        let count: u64 = count.parse().unwrap();
+        assert!((1..=4096).contains(&count), "{line}");
+        total += count;
+    }
+    assert_eq!(total, 9000);
+}
+
+#[test]
+fn lease_of_zero_is_a_usage_error() {
+    let run = snowcat(&["lease", "0", "--addr", "127.0.0.1:1"], "");
+    assert_eq!(run.code, 2, "{}", run.stderr);
+}
+
+#[test]
+fn info_prints_the_welcome_fields_as_a_table_or_json() {
+    let s = server();
+    let run = snowcat(&["info", "--addr", &addr(&s)], "");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for needle in [
+        "worker id     3",
+        "41/10/12",
+        "2024-01-01T00:00:00.000Z",
+        "max lease     4096",
+    ] {
+        assert!(
+            run.stdout.contains(needle),
+            "{needle:?} not in\n{}",
+            run.stdout
+        );
+    }
+    let run = snowcat(&["info", "--json", "--addr", &addr(&s)], "");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let v: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(v["worker_id"], 3);
+    assert_eq!(v["version"], 1);
+    assert_eq!(v["epoch_unix_ms"], 1_704_067_200_000u64);
+}
+
+#[test]
+fn the_address_can_come_from_the_environment() {
+    let s = server();
+    let run = snowcat_env(&["info", "--json"], "", &[("SNOWLEASE_ADDR", &addr(&s))]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("\"worker_id\":3"), "{}", run.stdout);
+}
+
+#[test]
+fn ping_prints_one_round_trip_per_pong_and_a_summary() {
+    let s = server();
+    let run = snowcat(
+        &[
+            "ping",
+            "--count",
+            "3",
+            "--interval-ms",
+            "0",
+            "--addr",
+            &addr(&s),
+        ],
+        "",
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{}", run.stdout);
+    for (i, line) in lines[..3].iter().enumerate() {
+        assert!(
+            line.starts_with(&format!("PONG nonce={} rtt=", i + 1)),
+            "{line}"
+        );
+        assert!(line.ends_with(" ms"), "{line}");
+    }
+    assert!(
+        lines[3].starts_with("3 PONGs, rtt min/avg/max = "),
+        "{}",
+        lines[3]
+    );
+}
+
+#[test]
+fn a_closed_port_is_a_connect_failure_with_exit_code_2() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let run = snowcat(&["info", "--addr", &format!("127.0.0.1:{port}")], "");
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("cannot connect"), "{}", run.stderr);
+}
+
+#[test]
+fn decode_takes_the_layout_from_flags() {
+    let epoch = 1_600_000_000_000u64;
+    let layout = Layout::widths(epoch, 39, 8, 16).unwrap();
+    let id = layout.compose(1_000, 200, 65_000);
+    let run = snowcat(
+        &[
+            "decode",
+            "--epoch",
+            "2020-09-13T12:26:40Z",
+            "--timestamp-bits",
+            "39",
+            "--worker-bits",
+            "8",
+            "--sequence-bits",
+            "16",
+            &id.to_string(),
+        ],
+        "",
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.stdout.trim(),
+        format!("{id} 2020-09-13T12:26:41.000Z worker 200 sequence 65000")
+    );
+    let run = snowcat(
+        &[
+            "decode",
+            "--json",
+            "--epoch",
+            &epoch.to_string(),
+            "--timestamp-bits",
+            "39",
+            "--worker-bits",
+            "8",
+            "--sequence-bits",
+            "16",
+            &format!("{id:#x}"),
+        ],
+        "",
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let v: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(v[0]["worker"], 200);
+    assert_eq!(v[0]["tick"], 1_000);
+}
+
+#[test]
+fn decode_refuses_bad_ids_and_bad_layouts_clearly() {
+    let run = snowcat(&["decode", "12", "abc"], "");
+    assert_eq!(run.code, 1);
+    assert!(run
+        .stdout
+        .contains("12 2024-01-01T00:00:00.000Z worker 0 sequence 12"));
+    assert!(
+        run.stderr.contains("\"abc\" is not an ID"),
+        "{}",
+        run.stderr
+    );
+
+    let run = snowcat(&["decode", "--timestamp-bits", "40", "1"], "");
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("must be 63"), "{}", run.stderr);
+
+    let run = snowcat(&["decode", "--epoch", "yesterday", "1"], "");
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("yesterday"), "{}", run.stderr);
+}
+
+#[test]
+fn decode_reads_ids_from_stdin_when_none_are_given() {
+    let run = snowcat(&["decode"], "4096\n  4097 \n");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout.lines().count(), 2);
+    assert!(run
+        .stdout
+        .contains("4097 2024-01-01T00:00:00.000Z worker 1 sequence 1"));
+}
+
+#[test]
+fn decode_ask_uses_the_servers_layout() {
+    let s = server();
+    let leased = snowcat(&["lease", "1", "--addr", &addr(&s)], "");
+    assert_eq!(leased.code, 0, "{}", leased.stderr);
+    let id = leased.stdout.trim().to_owned();
+    let run = snowcat(&["decode", "--ask", "--json", "--addr", &addr(&s), &id], "");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let v: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(v[0]["worker"], 3);
+    let now = snowlease::layout::unix_ms_now();
+    let t = v[0]["unix_ms"].as_u64().unwrap();
+    assert!(
+        t.abs_diff(now) < 60_000,
+        "decoded time {t} far from now {now}"
+    );
+
+    let run = snowcat(&["decode", "--ask", "--worker-bits", "9", &id], "");
+    assert_eq!(run.code, 2, "--ask and layout flags conflict");
+}
+
+#[test]
+fn stdin_lines_become_frames_and_replies_become_lines() {
+    let s = server();
+    let input = "# a session\nhello\n\nlease 5\nlease 5 id=9\nping 7\n";
+    let run = snowcat(&["--addr", &addr(&s)], input);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{}", run.stdout);
+    assert!(
+        lines[0].starts_with("WELCOME version=1 worker=3 layout=41/10/12"),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[1].starts_with("LEASED id=1 first="), "{}", lines[1]);
+    assert!(lines[1].contains(" worker 3 seq "), "{}", lines[1]);
+    assert!(lines[2].starts_with("LEASED id=9 "), "{}", lines[2]);
+    assert_eq!(lines[3], "PONG nonce=7");
+}
+
+#[test]
+fn a_server_error_is_printed_and_sets_exit_code_1_while_the_session_goes_on() {
+    let s = server();
+    let run = snowcat(
+        &["--addr", &addr(&s)],
+        "lease 0\nlease 5000 id=4\nlease 1 id=2\n",
+    );
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", run.stdout);
+    assert!(
+        lines[0].starts_with("ERROR id=1 code=INVALID_COUNT(3) message="),
+        "{}",
+        lines[0]
+    );
+    assert!(
+        lines[1].starts_with("ERROR id=4 code=INVALID_COUNT(3)"),
+        "{}",
+        lines[1]
+    );
+    assert!(lines[2].starts_with("LEASED id=2 "), "{}", lines[2]);
+    assert!(run.stderr.contains("2 server ERROR"), "{}", run.stderr);
+}
+
+#[test]
+fn a_malformed_raw_frame_gets_malformed_and_the_connection_closes() {
+    let s = server();
+    // LEASE with a 4-byte body instead of 8.
+    let run = snowcat(&["--addr", &addr(&s)], "raw 00000005 02 00000001\n");
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stdout.starts_with("ERROR id=0 code=MALFORMED(1)"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn a_well_formed_raw_frame_is_answered_like_a_typed_one() {
+    let s = server();
+    let run = snowcat(&["--addr", &addr(&s)], "raw 0000000903 0000000000000042\n");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout.trim(), "PONG nonce=66");
+}
+
+#[test]
+fn bad_input_lines_are_reported_and_skipped() {
+    let s = server();
+    let run = snowcat(&["--addr", &addr(&s)], "lease abc\nraw zz\nping 1\n");
+    assert_eq!(run.code, 1);
+    assert_eq!(run.stdout.trim(), "PONG nonce=1");
+    assert!(
+        run.stderr.contains("line 1: lease count \"abc\""),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("line 2: raw hex contains \"zz\""),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("2 bad input line"), "{}", run.stderr);
+}
+
+#[test]
+fn hex_dumps_the_bytes_both_ways() {
+    let s = server();
+    let run = snowcat(&["--hex", "--addr", &addr(&s)], "ping 7\n");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "> 00000009030000000000000007",
+            "< 00000009830000000000000007",
+            "PONG nonce=7"
+        ]
+    );
+}
+
+#[test]
+fn hex_is_refused_with_a_subcommand() {
+    let run = snowcat(&["--hex", "info"], "");
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("--hex"), "{}", run.stderr);
+}
+
+#[test]
+fn a_token_in_the_stdin_mode_sends_hello_first() {
+    let s = server();
+    let run = snowcat(&["--addr", &addr(&s), "--token", "t0ken"], "ping 2\n");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", run.stdout);
+    assert!(lines[0].starts_with("WELCOME "), "{}", lines[0]);
+    assert_eq!(lines[1], "PONG nonce=2");
+}
