@@ -90,6 +90,10 @@ impl Signals {
             .enable_all()
             .build()?;
         let (term, int) = rt.block_on(async {
+            // SIGHUP's default action kills the process; handling it here, for the whole
+            // process, keeps a stray `kill -HUP` (or one sent before the token reloader is
+            // listening, or with no token file at all) from taking the server down.
+            let _hangup_handled = signal(SignalKind::hangup())?;
             Ok::<_, std::io::Error>((
                 signal(SignalKind::terminate())?,
                 signal(SignalKind::interrupt())?,
