@@ -10,7 +10,8 @@
 # duration and every wait a bound.
 #
 # Usage: bench/compare.sh [--quick] [--runs N] [--duration S] [--out DIR] [--no-build]
-#                         [--nice N] [--criterion] [--keep]
+#                         [--nice N] [--criterion] [--keep] [--baseline BIN]
+# The numbers and how to read them: bench/BENCHMARKS.md.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,6 +25,7 @@ BUILD=1
 NICE=""
 CRITERION=0
 KEEP=0
+BASELINE=""
 
 usage() {
     cat <<'EOF'
@@ -41,6 +43,8 @@ this machine, and prints one markdown table (medians of --runs rounds) with PASS
   --nice N        run both servers and all load generators at this nice level (e.g. -5 on a
                   machine busy with other work); the same for snowlease and Redis
   --criterion     also run the generator's criterion benches (slow to compile)
+  --baseline BIN  also run the overload row against this snowlease-server binary (a build of
+                  an earlier commit), for a before/after
   --keep          keep the scratch directory (logs, raw outputs)
 
 Needs cargo, redis-server, redis-benchmark, wrk, curl, python3 and taskset. Installs nothing.
@@ -57,6 +61,7 @@ while [ $# -gt 0 ]; do
         --nice) NICE=${2:?--nice needs a level}; shift ;;
         --criterion) CRITERION=1 ;;
         --keep) KEEP=1 ;;
+        --baseline) BASELINE=${2:?--baseline needs a server binary}; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "compare.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -65,6 +70,10 @@ done
 case "$RUNS$DURATION" in *[!0-9]*) echo "compare.sh: --runs and --duration take whole numbers" >&2; exit 2 ;; esac
 if [ "$RUNS" -lt 1 ] || [ "$RUNS" -gt 20 ] || [ "$DURATION" -lt 1 ] || [ "$DURATION" -gt 120 ]; then
     echo "compare.sh: --runs must be 1..20 and --duration 1..120" >&2
+    exit 2
+fi
+if [ -n "$NICE" ] && ! { [[ "$NICE" =~ ^-?[0-9]+$ ]] && [ "$NICE" -ge -20 ] && [ "$NICE" -le 19 ]; }; then
+    echo "compare.sh: --nice takes a level from -20 to 19, not $NICE" >&2
     exit 2
 fi
 
@@ -90,9 +99,9 @@ fi
 WORK=$(mktemp -d /tmp/snowlease-compare.XXXXXX)
 PIDS=()
 stop_pid() {
-    local pid=$1 i
+    local pid=$1 _
     kill -TERM "$pid" 2>/dev/null || return 0
-    for i in $(seq 1 80); do
+    for _ in $(seq 1 80); do
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
     done
@@ -191,8 +200,9 @@ def metric(admin, name):
     return total
 
 def cpu_ticks(pid):
+    """(user, system) clock ticks of every thread of pid."""
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # utime + stime, all threads
+    return int(fields[11]), int(fields[12])
 
 def redis_commands(port):
     with socket.create_connection(("127.0.0.1", int(port)), timeout=2) as s:
@@ -215,16 +225,20 @@ def server_ops(kind, addr):
 
 def snap(kind, pid, addr):
     """Server CPU ticks and operations served so far, for CPU time per operation."""
-    print(cpu_ticks(pid), int(server_ops(kind, addr)))
+    user, system = cpu_ticks(pid)
+    print(user, system, int(server_ops(kind, addr)))
 
-def rec_cpu(out, key, run, kind, pid, addr, ticks0, ops0):
-    ticks = cpu_ticks(pid) - int(ticks0)
+def rec_cpu(out, key, run, kind, pid, addr, user0, system0, ops0):
+    user, system = cpu_ticks(pid)
+    hz = os.sysconf("SC_CLK_TCK")
+    user, system = (user - int(user0)) / hz, (system - int(system0)) / hz
     ops = server_ops(kind, addr) - int(ops0)
     if ops > 0:
-        us_per_op = ticks / os.sysconf("SC_CLK_TCK") * 1e6 / ops
         record(out, {"key": key, "run": int(run), "kind": "cpu", "server_ops": ops,
-                     "server_cpu_s": ticks / os.sysconf("SC_CLK_TCK"),
-                     "server_cpu_us_per_op": us_per_op})
+                     "server_cpu_s": user + system,
+                     "server_cpu_us_per_op": (user + system) * 1e6 / ops,
+                     "server_user_us_per_op": user * 1e6 / ops,
+                     "server_sys_us_per_op": system * 1e6 / ops})
 
 HELLO = bytes.fromhex("0000000401000100")
 WELCOME_LEN = 4 + 1 + 27
@@ -286,11 +300,15 @@ def startup(out, server, runs, nice):
             s.close()
         cmd = [server, "--listen", f"127.0.0.1:{ports[0]}", "--admin-listen",
                f"127.0.0.1:{ports[1]}", "--worker-id", "1", "--log-format", "json"]
-        if nice:
-            cmd = ["nice", "-n", nice] + cmd
+        def own_session():
+            # The same treatment as every other server here (see prio.py in compare.sh).
+            os.setsid()
+            if nice:
+                with open("/proc/self/autogroup", "w") as f:
+                    f.write(nice)
         t0 = time.perf_counter()
         p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+                             stderr=subprocess.DEVNULL, preexec_fn=own_session)
         ready = None
         try:
             end = t0 + 5.0
@@ -357,42 +375,62 @@ def report(results, runs, duration, pin, nice, out_dir):
         row("1", what, fmt_int(ids), f"ceiling {fmt_int(ceiling)}", f"{share:.1%}",
             f">= {goal:.0%}", pf(share >= goal), key)
 
-    # 2. Small requests against Redis INCR.
+    # 2. Small requests against Redis INCR. Each round ran both loads one after the other,
+    # so the headline ratio is the median of the per-round ratios (paired), not a ratio of
+    # medians taken at different moments of a noisy machine.
+    def paired(ours_k, ours_f, peer_k, peer_f):
+        out = []
+        for r in range(1, runs + 1):
+            a = [x for x in recs if x["key"] == ours_k and x["run"] == r and ours_f in x]
+            b = [x for x in recs if x["key"] == peer_k and x["run"] == r and peer_f in x]
+            if a and b and b[0][peer_f] > 0:
+                out.append(a[0][ours_f] / b[0][peer_f])
+        return out
+
+    def paired_row(name, ratios):
+        if ratios:
+            detail.append(f"| {name} | {' / '.join(f'{x:.2f}x' for x in ratios)} | "
+                          f"{statistics.median(ratios):.2f}x |")
+        return statistics.median(ratios) if ratios else None
+
     for depth in (1, 16):
         ours_k, redis_k = f"n1_d{depth}", f"redis_p{depth}"
         ours = spread(f"LEASE n=1 depth {depth} leases/s", ours_k, "leases_per_sec", fmt_int)
         peer = spread(f"Redis INCR -P {depth} ops/s", redis_k, "ops_per_sec", fmt_int)
+        rate_x = paired_row(f"depth {depth} ops/s ratio per round",
+                            paired(ours_k, "leases_per_sec", redis_k, "ops_per_sec"))
         o99 = spread(f"LEASE n=1 depth {depth} p99", ours_k, "p99_us", fmt_us)
         r99 = spread(f"Redis INCR -P {depth} p99", redis_k, "p99_us", fmt_us)
+        p99_x = paired_row(f"depth {depth} p99 ratio per round",
+                           paired(ours_k, "p99_us", redis_k, "p99_us"))
         o50, _ = med(recs, ours_k, "p50_us")
         r50, _ = med(recs, redis_k, "p50_us")
-        if None in (ours, peer, o99, r99):
+        if None in (ours, peer, o99, r99, rate_x, p99_x):
             row("2", f"50 conns depth {depth}", "no result", "", "", "", "**MISS**", ours_k)
             continue
-        # Ratios of medians; per-run ratios are in the detail table.
         row("2", f"LEASE count=1, 50 conns, depth {depth}: ops/s vs Redis INCR -P {depth}",
-            fmt_int(ours), fmt_int(peer), f"{ours / peer:.2f}x", ">= 1.5x",
-            pf(ours / peer >= 1.5), f"{ours_k}_rate")
-        row("2", f"... p99 latency (p50 in brackets)", f"{fmt_us(o99)} ({fmt_us(o50)})",
-            f"{fmt_us(r99)} ({fmt_us(r50)})", f"{o99 / r99:.2f}x", "<= 1.0x",
-            pf(o99 <= r99), f"{ours_k}_p99")
-        ocpu = spread(f"LEASE n=1 depth {depth} server CPU/op", ours_k, "server_cpu_us_per_op",
-                      lambda v: f"{v:.2f} us")
-        rcpu = spread(f"Redis INCR -P {depth} server CPU/op", redis_k, "server_cpu_us_per_op",
-                      lambda v: f"{v:.2f} us")
-        if ocpu and rcpu:
-            row("2", "... server CPU time per request (lower is better)", f"{ocpu:.2f} us",
-                f"{rcpu:.2f} us", f"{ocpu / rcpu:.2f}x", "reported", "info", f"{ours_k}_cpu")
-        per_run = []
-        for r in range(1, runs + 1):
-            a = [x for x in recs if x["key"] == ours_k and x["run"] == r]
-            b = [x for x in recs if x["key"] == redis_k and x["run"] == r]
-            if a and b:
-                per_run.append(a[0]["leases_per_sec"] / b[0]["ops_per_sec"])
-        if per_run:
-            detail.append(f"| depth {depth} ratio per run | "
-                          f"{' / '.join(f'{x:.2f}x' for x in per_run)} | "
-                          f"{statistics.median(per_run):.2f}x |")
+            fmt_int(ours), fmt_int(peer), f"{rate_x:.2f}x", ">= 1.5x", pf(rate_x >= 1.5),
+            f"{ours_k}_rate")
+        row("2", "... p99 latency (p50 in brackets)", f"{fmt_us(o99)} ({fmt_us(o50)})",
+            f"{fmt_us(r99)} ({fmt_us(r50)})", f"{p99_x:.2f}x", "<= 1.0x", pf(p99_x <= 1.0),
+            f"{ours_k}_p99")
+        cpu = {}
+        for k, who in ((ours_k, "LEASE n=1"), (redis_k, "Redis INCR")):
+            for f, what in (("server_cpu_us_per_op", "server CPU/op"),
+                            ("server_user_us_per_op", "server user CPU/op"),
+                            ("server_sys_us_per_op", "server kernel CPU/op")):
+                cpu[k, f] = spread(f"{who} depth {depth} {what}", k, f, lambda v: f"{v:.2f} us")
+        if cpu[ours_k, "server_cpu_us_per_op"] and cpu[redis_k, "server_cpu_us_per_op"]:
+            cpu_x = paired_row(f"depth {depth} server CPU/op ratio per round",
+                               paired(ours_k, "server_cpu_us_per_op", redis_k,
+                                      "server_cpu_us_per_op"))
+            def show(k):
+                user = cpu[k, "server_user_us_per_op"]
+                total = f"{cpu[k, 'server_cpu_us_per_op']:.2f} us"
+                return total if user is None else f"{total} (user {user:.2f})"
+            row("2", "... server CPU time per request, user part in brackets (lower is better)",
+                show(ours_k), show(redis_k), f"{cpu_x:.2f}x", "reported", "info",
+                f"{ours_k}_cpu")
 
     # 3. HTTP beside TCP.
     http = spread("HTTP /generate-id req/s", "http", "ops_per_sec", fmt_int)
@@ -440,20 +478,23 @@ def report(results, runs, duration, pin, nice, out_dir):
     else:
         row("5", "start-up", "no result", "", "", "", "**MISS**", "startup")
 
-    # Known issue: p99 under overload.
-    mean, _ = med(recs, "overload", "mean_us")
-    p99 = spread("overload 4x8 B=4096 p99", "overload", "p99_us", fmt_us)
-    p50, _ = med(recs, "overload", "p50_us")
-    ids, _ = med(recs, "overload", "ids_per_sec")
-    if mean:
-        row("known", "overload: 4 conns x depth 8, B=4096: p99 vs mean latency",
-            f"p99 {fmt_us(p99)}, p50 {fmt_us(p50)}, mean {fmt_us(mean)}",
-            f"{fmt_int(ids)} IDs/s", f"p99/mean {p99 / mean:.1f}x", "measured, not a target",
-            "info", "overload")
+    # Known issue: p99 under overload (and, with --baseline, the same on an older build).
+    for key, who in (("overload", "this build"), ("overload_base", "baseline build")):
+        mean, _ = med(recs, key, "mean_us")
+        p99 = spread(f"{key} 4x8 B=4096 p99", key, "p99_us", fmt_us)
+        p50, _ = med(recs, key, "p50_us")
+        mx, _ = med(recs, key, "max_us")
+        ids, _ = med(recs, key, "ids_per_sec")
+        if mean:
+            row("known", f"overload, {who}: 4 conns x depth 8, B=4096: p99 vs mean latency",
+                f"p99 {fmt_us(p99)}, p50 {fmt_us(p50)}, mean {fmt_us(mean)}, max {fmt_us(mx)}",
+                f"{fmt_int(ids)} IDs/s", f"p99/mean {p99 / mean:.1f}x",
+                "measured, not a target", "info", key)
 
     bad = [r for r in recs if r.get("errors") or r.get("verified") is False]
     text = []
-    text.append(f"Medians of {runs} round(s), {duration} s per load; {pin}; nice: {nice or 'not set'}.")
+    text.append(f"Medians of {runs} round(s), {duration} s per load; {pin}. Ratios against "
+                "Redis are medians of the per-round ratios (both measured in the same round).")
     text.append("")
     text.append("| # | Target | snowlease | Peer / reference | Ratio | Goal | Result |")
     text.append("|---|---|---|---|---|---|---|")
@@ -501,7 +542,7 @@ if [ "$BUILD" = 1 ]; then
     log "building release binaries into $TARGET_DIR (cargo build --release -p snowlease-server -p snowlease-bench)"
     (cd "$ROOT" && cargo build --release -q -p snowlease-server -p snowlease-bench)
 fi
-for bin in "$SERVER_BIN" "$BENCH_BIN"; do
+for bin in "$SERVER_BIN" "$BENCH_BIN" ${BASELINE:+"$BASELINE"}; do
     [ -x "$bin" ] || { echo "compare.sh: $bin not built (drop --no-build)" >&2; exit 2; }
 done
 
@@ -547,7 +588,7 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # ---- servers -----------------------------------------------------------------------------
 # start_snowlease NAME PIN(0|1) ARGS...: sets SL_PID, SL_LEASE, SL_ADMIN.
 start_snowlease() {
-    local name=$1 pin=$2 i
+    local name=$1 pin=$2 _
     shift 2
     local slog=$WORK/$name.log
     local pre=("${PRIO_CMD[@]}")
@@ -557,7 +598,7 @@ start_snowlease() {
     SL_PID=$!
     PIDS+=("$SL_PID")
     SL_LEASE="" SL_ADMIN=""
-    for i in $(seq 1 150); do
+    for _ in $(seq 1 150); do
         SL_LEASE=$(grep -o '"lease_addr":"[^"]*"' "$slog" | head -n1 | cut -d'"' -f4 || true)
         SL_ADMIN=$(grep -o '"admin_addr":"[^"]*"' "$slog" | head -n1 | cut -d'"' -f4 || true)
         [ -n "$SL_LEASE" ] && [ -n "$SL_ADMIN" ] && return 0
@@ -583,15 +624,15 @@ LOAD_BOUND=$((DURATION * 3 + 60))
 
 # bench KEY RUN ARGS...: one snowlease-bench run against the pinned server.
 bench() {
-    local key=$1 run=$2 t0 o0
+    local key=$1 run=$2 u0 s0 o0
     shift 2
     local out=$WORK/$key.$run
-    read -r t0 o0 < <(py snap lease "$SL_PID" "$SL_ADMIN")
+    read -r u0 s0 o0 < <(py snap lease "$SL_PID" "$SL_ADMIN")
     if timeout "$LOAD_BOUND" "${PIN_LOAD[@]}" "$BENCH_BIN" --addr "$SL_LEASE" --quiet \
         --duration "$DURATION" --warmup "$WARMUP" --json "$out.json" --svg "$out.svg" "$@" \
         >"$out.txt" 2>&1; then
         py bench "$RESULTS" "$key" "$run" "$out.json"
-        py cpu "$RESULTS" "$key" "$run" lease "$SL_PID" "$SL_ADMIN" "$t0" "$o0"
+        py cpu "$RESULTS" "$key" "$run" lease "$SL_PID" "$SL_ADMIN" "$u0" "$s0" "$o0"
     else
         log "MISS: $key run $run failed: $(tail -n 3 "$out.txt" | tr '\n' ' ')"
     fi
@@ -600,7 +641,7 @@ bench() {
 declare -A REDIS_RATE=()
 # redis KEY RUN PIPELINE: redis-benchmark INCR from 50 connections for about DURATION s.
 redis() {
-    local key=$1 run=$2 p=$3 rate n t0 o0
+    local key=$1 run=$2 p=$3 rate n u0 s0 o0
     local out=$WORK/$key.$run.csv
     rate=${REDIS_RATE[$key]:-}
     if [ -z "$rate" ]; then
@@ -610,23 +651,23 @@ redis() {
         rate=$(python3 -c 'import sys; r=[l for l in open(sys.argv[1]) if l.startswith("\"INCR")]; print(r[0].split("\",\"")[1] if r else 10000)' "$out.cal")
     fi
     n=$(python3 -c "print(max(10000, int(float('$rate') * $DURATION)))")
-    read -r t0 o0 < <(py snap redis "$REDIS_PID" "$REDIS_PORT")
+    read -r u0 s0 o0 < <(py snap redis "$REDIS_PID" "$REDIS_PORT")
     if timeout "$LOAD_BOUND" "${PIN_LOAD[@]}" redis-benchmark -h 127.0.0.1 -p "$REDIS_PORT" \
         -c 50 -P "$p" -t incr -n "$n" --csv >"$out" 2>&1; then
         REDIS_RATE[$key]=$(py redis "$RESULTS" "$key" "$run" "$out")
-        py cpu "$RESULTS" "$key" "$run" redis "$REDIS_PID" "$REDIS_PORT" "$t0" "$o0"
+        py cpu "$RESULTS" "$key" "$run" redis "$REDIS_PID" "$REDIS_PORT" "$u0" "$s0" "$o0"
     else
         log "MISS: $key run $run failed or ran past ${LOAD_BOUND} s"
     fi
 }
 
 http_load() {
-    local run=$1 out=$WORK/http.$1.txt t0 o0
-    read -r t0 o0 < <(py snap http "$SL_PID" "$SL_ADMIN")
+    local run=$1 out=$WORK/http.$1.txt u0 s0 o0
+    read -r u0 s0 o0 < <(py snap http "$SL_PID" "$SL_ADMIN")
     if timeout "$LOAD_BOUND" "${PIN_LOAD[@]}" wrk -c 64 -t 1 -d "${DURATION}s" --latency \
         "http://$SL_ADMIN/generate-id" >"$out" 2>&1; then
         py wrk "$RESULTS" http "$run" "$out"
-        py cpu "$RESULTS" http "$run" http "$SL_PID" "$SL_ADMIN" "$t0" "$o0"
+        py cpu "$RESULTS" http "$run" http "$SL_PID" "$SL_ADMIN" "$u0" "$s0" "$o0"
     else
         log "MISS: wrk run $run failed"
     fi
@@ -653,6 +694,17 @@ for run in $(seq 1 "$RUNS"); do
     http_load "$run"
     log "round $run/$RUNS: overload (4 connections x depth 8, B=4096)"
     bench overload "$run" --mode raw --connections 4 --depth 8 --batch 4096
+    if [ -n "$BASELINE" ]; then
+        log "round $run/$RUNS: overload against the baseline $BASELINE"
+        saved=("$SL_PID" "$SL_LEASE" "$SL_ADMIN")
+        SERVER_BIN_SAVED=$SERVER_BIN
+        SERVER_BIN=$BASELINE
+        start_snowlease "baseline.$run" 1 --threads 1
+        bench overload_base "$run" --mode raw --connections 4 --depth 8 --batch 4096
+        stop_pid "$SL_PID"
+        SERVER_BIN=$SERVER_BIN_SAVED
+        SL_PID=${saved[0]} SL_LEASE=${saved[1]} SL_ADMIN=${saved[2]}
+    fi
 done
 stop_pid "$SL_PID"
 stop_pid "$REDIS_PID"
@@ -680,6 +732,9 @@ py report "$RESULTS" "$RUNS" "$DURATION" "$PIN_TEXT" "$NICE" "$OUT"
 
 if [ "$CRITERION" = 1 ]; then
     log "criterion: cargo bench -p snowlease-server --bench generator"
-    (cd "$ROOT" && timeout 1800 cargo bench -p snowlease-server --bench generator -- \
-        --warm-up-time 2 --measurement-time 5 2>&1 | grep -E '^lease/|time:' || true)
+    if ! (cd "$ROOT" && timeout 1800 "${PRIO_CMD[@]}" cargo bench -p snowlease-server \
+        --bench generator -- --warm-up-time 2 --measurement-time 5 2>&1 |
+        grep -E '^lease/|time:'); then
+        log "criterion: no results (build failed or timed out)"
+    fi
 fi

@@ -164,7 +164,7 @@ async fn generate(shared: &Shared, query: Option<&str>) -> Response<Full<Bytes>>
     while (ids.len() as u32) < want {
         match shared.generator.lease(want - ids.len() as u32) {
             Ok(l) => {
-                if let Some(at) = shared.generator.release_at(&l) {
+                if let Some(at) = l.hold_until_unix_ms {
                     shared.metrics.admin().waited_lead();
                     tokio::time::sleep_until(shared.clock.instant_at(at).into()).await;
                 }

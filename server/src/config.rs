@@ -18,7 +18,8 @@ pub const DEFAULT_PORT: u16 = 7609;
 /// Default admin HTTP port.
 pub const DEFAULT_ADMIN_PORT: u16 = 7610;
 /// Default cap on open lease connections. Sized for 10,000 idle clients (the hardening target)
-/// with headroom; each idle connection costs well under 2 KiB of user memory.
+/// with headroom; each idle connection costs about 2.5 KiB of user memory (measured: 24.4 MiB for
+/// 10,000).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
 /// Default time a connection may go without a complete request before GOAWAY. Long enough for
 /// a pooled client that leases once a minute, short enough that half-open sockets go away.

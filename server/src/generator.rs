@@ -11,7 +11,7 @@
 //! Time flows in through a [`Clock`]. The generator may run up to `max_lead` ticks ahead of
 //! it when demand exceeds one tick's worth. Past that, a caller may still *claim* a run up to
 //! `horizon` further ticks ahead, but must hold it until the clock is within `max_lead` of
-//! its tick ([`Generator::release_at`]): claims are granted in arrival order, so callers
+//! its tick ([`Lease::hold_until_unix_ms`]): claims are granted in arrival order, so callers
 //! waiting for time are served first come, first served instead of racing for each new tick.
 //! Past the horizon, and past the durable limit that the persistence task raises (see
 //! `state`), it refuses with [`Refusal`] saying when to retry, so the async caller waits
@@ -137,6 +137,9 @@ pub struct Lease {
     pub count: u32,
     /// The tick (ms since epoch) all of them carry.
     pub tick: u64,
+    /// For a claim beyond `max_lead`: the clock reading (Unix ms) before which it must not be
+    /// handed out. Worked out from the clock reading the lease already made.
+    pub hold_until_unix_ms: Option<u64>,
 }
 
 /// Why a lease was not granted now.
@@ -291,18 +294,11 @@ impl<C: Clock> Generator<C> {
         })
     }
 
-    /// Lets callers claim runs up to `ticks` beyond `max_lead`, to be held until
-    /// [`release_at`](Self::release_at). 0 (the default) refuses instead.
+    /// Lets callers claim runs up to `ticks` beyond `max_lead`, to be held until the lease's
+    /// `hold_until_unix_ms`. 0 (the default) refuses instead.
     pub fn with_horizon(mut self, ticks: u64) -> Self {
         self.params.horizon = ticks;
         self
-    }
-
-    /// When a claimed run may be handed out: `None` if now, else the clock reading (Unix ms)
-    /// at which its tick is within `max_lead` of the clock.
-    pub fn release_at(&self, lease: &Lease) -> Option<u64> {
-        let earliest_tick = lease.tick.checked_sub(self.params.max_lead)?;
-        (earliest_tick > self.now_tick()).then(|| earliest_tick + self.layout.epoch_unix_ms())
     }
 
     /// Claims up to `n` consecutive IDs (at least 1; never more than is left of the tick).
@@ -330,10 +326,16 @@ impl<C: Clock> Generator<C> {
                     if plan.sequence == 0 && plan.tick > now_tick {
                         self.borrowed.fetch_add(1, Ordering::Relaxed);
                     }
+                    let hold = plan
+                        .tick
+                        .checked_sub(self.params.max_lead)
+                        .filter(|earliest| *earliest > now_tick)
+                        .map(|earliest| earliest + self.layout.epoch_unix_ms());
                     return Ok(Lease {
                         first_id: self.layout.compose(plan.tick, self.worker, plan.sequence),
                         count: plan.count,
                         tick: plan.tick,
+                        hold_until_unix_ms: hold,
                     });
                 }
                 Err(actual) => current = actual,
@@ -494,17 +496,20 @@ mod tests {
         let runs: Vec<Lease> = (0..6).map(|_| g.lease(4096).unwrap()).collect();
         assert!(runs.windows(2).all(|w| w[1].tick == w[0].tick + 1));
         // Ticks now..=now+2 go out at once; the next three are claims held for later.
-        assert_eq!(runs.iter().filter(|l| g.release_at(l).is_none()).count(), 3);
-        assert_eq!(g.release_at(&runs[3]), Some(T0 + 1));
-        assert_eq!(g.release_at(&runs[5]), Some(T0 + 3));
+        assert_eq!(
+            runs.iter()
+                .filter(|l| l.hold_until_unix_ms.is_none())
+                .count(),
+            3
+        );
+        assert_eq!(runs[3].hold_until_unix_ms, Some(T0 + 1));
+        assert_eq!(runs[5].hold_until_unix_ms, Some(T0 + 3));
         assert_eq!(
             g.lease(1),
             Err(Refusal::Lead {
                 until_unix_ms: T0 + 1
             })
         );
-        clock.advance(1);
-        assert_eq!(g.release_at(&runs[3]), None);
     }
 
     #[test]

@@ -383,10 +383,16 @@ fn restart_with_clock_behind(stop: impl Fn(&mut Server)) {
     stop(&mut first);
     drop(first);
 
+    // libfaketime preloaded into the server itself (the `faketime` wrapper would fork, and
+    // killing the wrapper would orphan the server).
     let second = Server::start(
-        &["faketime", "-f", "-10s"],
+        &[],
         &["--state-dir", state],
-        &[("WORKER_ID", "3")],
+        &[
+            ("WORKER_ID", "3"),
+            ("LD_PRELOAD", LIBFAKETIME),
+            ("FAKETIME", "-10s"),
+        ],
     );
     let mut c = Client::connect(second.lease);
     let after = c.lease_many(200);
