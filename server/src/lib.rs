@@ -53,6 +53,11 @@ const RESYNC_EVERY: Duration = Duration::from_secs(1);
 /// 4 connections x depth 8 x 4096 IDs had a p99 of 319 ms when waiters raced for each new
 /// tick (see bench/BENCHMARKS.md for the figure with claims).
 pub const CLAIM_HORIZON_MS: u64 = 1_000;
+/// Connections turned away at the cap that may linger (200 ms each, so OVERLOADED survives a
+/// client that already sent data) at once, per core. A flood past it gets a hard close: the
+/// descriptors a flood can pin stay within the cap plus this, well under the default
+/// RLIMIT_NOFILE of the StatefulSet (1,048,576) and the 20,000 the hostile suite allows.
+const TURNING_AWAY_MAX: usize = 512;
 
 /// State every thread shares.
 #[derive(Debug)]
@@ -419,6 +424,7 @@ async fn accept_loop(
 ) {
     let metrics = shared.metrics.core(core);
     let overloaded = conn::overloaded_frame(shared.config.max_connections);
+    let turning_away = Arc::new(Semaphore::new(TURNING_AWAY_MAX));
     loop {
         let stream = tokio::select! {
             biased;
@@ -449,9 +455,21 @@ async fn accept_loop(
                 metrics.rejected();
                 metrics.frame_error(snowlease::wire::ErrorCode::OVERLOADED);
                 // Not tracked: shutdown need not wait for a connection being turned away,
-                // and the task ends by itself within its linger.
-                let frame = overloaded.clone();
-                tokio::spawn(async move { conn::turn_away(stream, &frame).await });
+                // and the task ends by itself within its linger. Past TURNING_AWAY_MAX at once
+                // (a flood), the frame is written if it fits and the socket closed at once,
+                // so a flood cannot pin more descriptors than the cap plus this bound.
+                match turning_away.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let frame = overloaded.clone();
+                        tokio::spawn(async move {
+                            conn::turn_away(stream, &frame).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        let _ = stream.try_write(&overloaded);
+                    }
+                }
             }
         }
     }
