@@ -5,11 +5,13 @@
 //! - [`run`] sets up the connections (or the client), fixes the [`Timeline`], starts the
 //!   [`stats::Sampler`], runs the load, and folds the per-connection results into a
 //!   [`report::Report`].
-//! - [`raw`] drives the bare protocol: pipelined LEASEs per connection.
+//! - [`raw`] drives the bare protocol: pipelined LEASEs per connection, or (`reconnect`) one
+//!   LEASE per fresh connection, which measures connection setup.
 //! - [`client_mode`] drives [`snowlease::Client`]: `next_id()` or `lease(n)` from many tasks.
 //! - [`stats`] holds the counters, the per-second series and the latency math; [`verify`]
 //!   the overlap check; [`report`] the table and JSON; [`svg`] the chart; [`spawn`] starts
-//!   and stops a server child for `--spawn`.
+//!   and stops a server child for `--spawn`; [`tls`] sets up `--tls` (and a throwaway
+//!   certificate for a spawned server).
 //!
 //! The load generator runs on one tokio runtime of `--threads` threads (default 1): on the
 //! two-core machines this project targets, one core for the bench leaves the other to the
@@ -21,6 +23,7 @@ pub mod report;
 pub mod spawn;
 pub mod stats;
 pub mod svg;
+pub mod tls;
 pub mod verify;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,6 +33,8 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use tokio::time::Instant;
 
+use snowlease::client::TlsOptions;
+use snowlease::wire::Welcome;
 use snowlease::{Client, ClientConfig, Layout};
 
 use crate::report::Report;
@@ -45,6 +50,9 @@ pub enum Mode {
     Client,
     /// `Client::lease(batch)` from many tasks.
     ClientLease,
+    /// Connection setup: each of `--connections` tasks connects (TLS too with `--tls`),
+    /// sends HELLO, leases `--batch` once and closes, over and over.
+    Reconnect,
 }
 
 impl Mode {
@@ -54,6 +62,7 @@ impl Mode {
             Mode::Raw => "raw",
             Mode::Client => "client",
             Mode::ClientLease => "client-lease",
+            Mode::Reconnect => "reconnect",
         }
     }
 }
@@ -87,6 +96,8 @@ pub struct Settings {
     pub sample_every: u64,
     /// HELLO token.
     pub token: Option<String>,
+    /// Speak TLS with these options; `None` = plaintext.
+    pub tls: Option<TlsOptions>,
     /// No progress lines.
     pub quiet: bool,
 }
@@ -147,6 +158,7 @@ pub async fn run(settings: &Settings) -> Result<Report, String> {
     let counters = Arc::new(Counters::default());
     let (merged, layout, mut workers, sampler) = match settings.mode {
         Mode::Raw => run_raw(settings, &counters).await?,
+        Mode::Reconnect => run_reconnect(settings, &counters).await?,
         Mode::Client | Mode::ClientLease => run_client(settings, &counters).await?,
     };
     let series = sampler.finish();
@@ -164,12 +176,36 @@ pub async fn run(settings: &Settings) -> Result<Report, String> {
 
 type Ran = (Merged, Layout, BTreeSet<u16>, Sampler);
 
+fn tls_target(settings: &Settings) -> Result<Option<tls::TlsTarget>, String> {
+    settings
+        .tls
+        .as_ref()
+        .map(|options| tls::TlsTarget::new(options, &settings.addr))
+        .transpose()
+}
+
+fn raw_params(settings: &Settings) -> Arc<raw::RawParams> {
+    Arc::new(raw::RawParams {
+        addr: settings.addr.clone(),
+        depth: settings.depth,
+        batch: settings.batch,
+        timeout: settings.timeout,
+        token: settings.token.clone(),
+        verify: settings.verify,
+    })
+}
+
 async fn run_raw(settings: &Settings, counters: &Arc<Counters>) -> Result<Ran, String> {
     let mut opened = Vec::with_capacity(settings.connections);
-    let attempts = futures::future::join_all(
-        (0..settings.connections)
-            .map(|_| raw::open(&settings.addr, settings.token.as_deref(), settings.timeout)),
-    )
+    let tls = tls_target(settings)?;
+    let attempts = futures::future::join_all((0..settings.connections).map(|_| {
+        raw::open(
+            &settings.addr,
+            settings.token.as_deref(),
+            settings.timeout,
+            tls.as_ref(),
+        )
+    }))
     .await;
     for attempt in attempts {
         opened.push(attempt?);
@@ -177,49 +213,46 @@ async fn run_raw(settings: &Settings, counters: &Arc<Counters>) -> Result<Ran, S
     let Some(first) = opened.first() else {
         return Err("no connections".into());
     };
-    let w = first.welcome;
-    let layout = Layout::widths(
-        w.epoch_unix_ms,
-        w.timestamp_bits,
-        w.worker_bits,
-        w.sequence_bits,
-    )
-    .map_err(|e| format!("the server announced an invalid layout: {e}"))?;
-    if settings.batch > w.max_lease {
-        return Err(format!(
-            "--batch {} exceeds the server's max_lease {}",
-            settings.batch, w.max_lease
-        ));
-    }
+    let layout = announced_layout(&first.welcome, settings.batch)?;
     let workers: BTreeSet<u16> = opened.iter().map(|o| o.welcome.worker_id).collect();
-    let params = Arc::new(raw::RawParams {
-        addr: settings.addr.clone(),
-        depth: settings.depth,
-        batch: settings.batch,
-        timeout: settings.timeout,
-        token: settings.token.clone(),
-        verify: settings.verify,
-    });
-    let timeline = Timeline::starting_now(settings.warmup, settings.duration);
-    let sampler = Sampler::start(
-        counters.clone(),
-        timeline.measure_from.into_std(),
-        timeline.stop_at.into_std(),
-        settings.quiet,
-        "leases/s",
-    );
+    let params = raw_params(settings);
+    let (timeline, sampler) = start_clock(settings, counters, "leases/s");
     let handles: Vec<_> = opened
         .into_iter()
         .map(|o| tokio::spawn(raw::drive(o, params.clone(), timeline, counters.clone())))
         .collect();
-    let mut merged = Merged::new();
-    for handle in handles {
-        match handle.await {
-            Ok(o) => merged.absorb(o.blocks, &o.latency, o.errors),
-            Err(e) => merged.absorb(Vec::new(), &stats::histogram(), panicked(&e)),
-        }
-    }
+    let merged = merge_raw(handles).await;
     Ok((merged, layout, workers, sampler))
+}
+
+async fn run_reconnect(settings: &Settings, counters: &Arc<Counters>) -> Result<Ran, String> {
+    let tls = tls_target(settings)?.map(Arc::new);
+    // One connection first: refuses early (no server, bad batch, TLS mismatch) and learns
+    // the layout.
+    let probe = raw::open(
+        &settings.addr,
+        settings.token.as_deref(),
+        settings.timeout,
+        tls.as_deref(),
+    )
+    .await?;
+    let w = probe.welcome;
+    drop(probe);
+    let layout = announced_layout(&w, settings.batch)?;
+    let params = raw_params(settings);
+    let (timeline, sampler) = start_clock(settings, counters, "conns/s ");
+    let handles: Vec<_> = (0..settings.connections)
+        .map(|_| {
+            tokio::spawn(raw::reconnect(
+                params.clone(),
+                tls.clone(),
+                timeline,
+                counters.clone(),
+            ))
+        })
+        .collect();
+    let merged = merge_raw(handles).await;
+    Ok((merged, layout, BTreeSet::from([w.worker_id]), sampler))
 }
 
 async fn run_client(settings: &Settings, counters: &Arc<Counters>) -> Result<Ran, String> {
@@ -228,6 +261,9 @@ async fn run_client(settings: &Settings, counters: &Arc<Counters>) -> Result<Ran
         .connect_timeout(settings.timeout);
     if let Some(token) = &settings.token {
         config = config.token(token.clone().into_bytes());
+    }
+    if let Some(tls) = &settings.tls {
+        config = config.tls(tls.clone());
     }
     let client = Client::connect(config)
         .await
@@ -248,14 +284,7 @@ async fn run_client(settings: &Settings, counters: &Arc<Counters>) -> Result<Ran
             sample_every: settings.sample_every,
         },
     };
-    let timeline = Timeline::starting_now(settings.warmup, settings.duration);
-    let sampler = Sampler::start(
-        counters.clone(),
-        timeline.measure_from.into_std(),
-        timeline.stop_at.into_std(),
-        settings.quiet,
-        "calls/s ",
-    );
+    let (timeline, sampler) = start_clock(settings, counters, "calls/s ");
     let handles: Vec<_> = (0..settings.tasks)
         .map(|_| {
             tokio::spawn(client_mode::task(
@@ -280,6 +309,55 @@ async fn run_client(settings: &Settings, counters: &Arc<Counters>) -> Result<Ran
     }
     client.close().await;
     Ok((merged, layout, workers, sampler))
+}
+
+/// The layout a server announced in WELCOME; refuses a `--batch` it would not grant.
+fn announced_layout(w: &Welcome, batch: u32) -> Result<Layout, String> {
+    let layout = Layout::widths(
+        w.epoch_unix_ms,
+        w.timestamp_bits,
+        w.worker_bits,
+        w.sequence_bits,
+    )
+    .map_err(|e| format!("the server announced an invalid layout: {e}"))?;
+    if batch > w.max_lease {
+        return Err(format!(
+            "--batch {batch} exceeds the server's max_lease {}",
+            w.max_lease
+        ));
+    }
+    Ok(layout)
+}
+
+/// The run's warmup and measurement window, starting now, and the sampler printing `label`
+/// once a second over it.
+fn start_clock(
+    settings: &Settings,
+    counters: &Arc<Counters>,
+    label: &'static str,
+) -> (Timeline, Sampler) {
+    let timeline = Timeline::starting_now(settings.warmup, settings.duration);
+    let sampler = Sampler::start(
+        counters.clone(),
+        timeline.measure_from.into_std(),
+        timeline.stop_at.into_std(),
+        settings.quiet,
+        label,
+    );
+    (timeline, sampler)
+}
+
+/// Waits for every raw connection task and merges what they saw; a task that panicked
+/// counts as an error, not as a crash of the whole run.
+async fn merge_raw(handles: Vec<tokio::task::JoinHandle<raw::ConnOutcome>>) -> Merged {
+    let mut merged = Merged::new();
+    for handle in handles {
+        match handle.await {
+            Ok(o) => merged.absorb(o.blocks, &o.latency, o.errors),
+            Err(e) => merged.absorb(Vec::new(), &stats::histogram(), panicked(&e)),
+        }
+    }
+    merged
 }
 
 fn panicked(e: &tokio::task::JoinError) -> BTreeMap<String, u64> {

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use snowlease::client::TlsOptions;
 use snowlease_bench::report::Report;
-use snowlease_bench::{spawn, svg, Mode, Settings};
+use snowlease_bench::{spawn, svg, tls, Mode, Settings};
 
 /// Load-test a snowlease server and check every ID it hands out is unique.
 #[derive(Debug, Parser)]
@@ -37,7 +38,7 @@ struct Cli {
     /// What to drive the server with.
     #[arg(long, value_enum, default_value_t = Mode::Raw)]
     mode: Mode,
-    /// Raw mode: TCP connections.
+    /// Raw mode: TCP connections. Reconnect mode: tasks, each one connection at a time.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     connections: u32,
     /// Raw mode: LEASE requests kept in flight per connection.
@@ -71,6 +72,16 @@ struct Cli {
     /// Client mode: time one next_id() call in this many (1 = every call).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
     sample_every: u64,
+    /// Speak TLS (needs --tls-ca, except with --spawn, which then starts the server with a
+    /// throwaway certificate generated for the run).
+    #[arg(long)]
+    tls: bool,
+    /// With --tls: PEM file of the CA the server's certificate must chain to.
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    tls_ca: Option<PathBuf>,
+    /// With --tls: the name the server's certificate must carry (default: the host of --addr).
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    tls_server_name: Option<String>,
     /// HELLO token, for servers that require one.
     #[arg(long, env = "SNOWLEASE_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -106,7 +117,7 @@ fn seconds_or_zero(text: &str) -> Result<f64, String> {
 }
 
 impl Cli {
-    fn settings(&self, addr: String) -> Settings {
+    fn settings(&self, addr: String, tls: Option<TlsOptions>) -> Settings {
         Settings {
             mode: self.mode,
             addr,
@@ -121,6 +132,7 @@ impl Cli {
             verify: !self.no_verify,
             sample_every: self.sample_every,
             token: self.token.clone(),
+            tls,
             quiet: self.quiet,
         }
     }
@@ -140,9 +152,29 @@ fn main() -> ExitCode {
 
 fn run(cli: &Cli) -> Result<bool, String> {
     let mut server = None;
+    // With --spawn --tls and no CA given, the run makes its own CA and server certificate;
+    // the files live until the run ends.
+    let throwaway = match (cli.spawn && cli.tls, &cli.tls_ca) {
+        (true, None) => Some(tls::throwaway()?),
+        _ => None,
+    };
+    let tls_options = match (&cli.tls_ca, &throwaway) {
+        (Some(ca), _) => Some(tls::options(ca, cli.tls_server_name.as_deref())),
+        (None, Some(t)) => Some(tls::options(&t.ca, cli.tls_server_name.as_deref())),
+        (None, None) if cli.tls => {
+            return Err("--tls needs --tls-ca FILE (or --spawn, which makes a certificate)".into())
+        }
+        (None, None) => None,
+    };
     let addr = if cli.spawn {
         let bin = spawn::locate(cli.server_bin.as_deref())?;
         let mut args = vec!["--threads".to_owned(), cli.server_threads.to_string()];
+        if let Some(t) = &throwaway {
+            for (flag, path) in [("--tls-cert", &t.cert), ("--tls-key", &t.key)] {
+                args.push(flag.to_owned());
+                args.push(path.display().to_string());
+            }
+        }
         args.extend(cli.server_arg.iter().cloned());
         let spawned = spawn::spawn(
             &bin,
@@ -163,7 +195,7 @@ fn run(cli: &Cli) -> Result<bool, String> {
     } else {
         cli.addr.clone()
     };
-    let settings = cli.settings(addr);
+    let settings = cli.settings(addr, tls_options);
     let runtime = build_runtime(settings.threads)?;
     let result = runtime.block_on(snowlease_bench::run(&settings));
     runtime.shutdown_timeout(Duration::from_secs(1));

@@ -6,6 +6,11 @@
 //! time. Requests are answered in order, so send times live in a FIFO and a reply's latency is
 //! its read time minus the send time at the front. After the stop time no more requests go
 //! out and the outstanding replies are drained, bounded by the timeout.
+//!
+//! With `--tls` every connection is a TLS session over the same bytes ([`open`] does the
+//! handshake before HELLO). `--mode reconnect` ([`reconnect`]) measures connection setup
+//! instead: each task opens a connection (TCP, TLS, HELLO/WELCOME), leases once, closes, and
+//! starts over, so its leases/s are connections/s.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -13,15 +18,25 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use hdrhistogram::Histogram;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
 use snowlease::wire::{self, goaway, Request, Response, Welcome};
 
 use crate::stats::{self, Counters};
+use crate::tls::TlsTarget;
 use crate::verify::Block;
 use crate::Timeline;
+
+/// A byte stream the load runs over: TCP or TLS over TCP.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// One connection's stream. Boxed for both plaintext and TLS, so the two measure the same
+/// code path apart from TLS itself (one indirect call per read or write).
+pub type Stream = Box<dyn Io>;
 
 /// What the raw mode needs to know.
 #[derive(Debug, Clone)]
@@ -53,23 +68,36 @@ pub struct ConnOutcome {
 
 /// A connected socket after HELLO/WELCOME.
 pub struct Opened {
-    stream: TcpStream,
+    stream: Stream,
     buf: BytesMut,
     /// What the server said about itself.
     pub welcome: Welcome,
 }
 
-/// Connects, sends HELLO and waits for WELCOME, all within `timeout`.
-pub async fn open(addr: &str, token: Option<&str>, timeout: Duration) -> Result<Opened, String> {
+/// Connects, completes the TLS handshake (with `tls`), sends HELLO and waits for WELCOME,
+/// all within `timeout`.
+pub async fn open(
+    addr: &str,
+    token: Option<&str>,
+    timeout: Duration,
+    tls: Option<&TlsTarget>,
+) -> Result<Opened, String> {
     let deadline = Instant::now() + timeout;
-    let mut stream = match timeout_at(deadline, TcpStream::connect(addr)).await {
+    let tcp = match timeout_at(deadline, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(format!("cannot connect to {addr}: {e}")),
         Err(_) => return Err(format!("connecting to {addr} timed out after {timeout:?}")),
     };
-    stream
-        .set_nodelay(true)
+    tcp.set_nodelay(true)
         .map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
+    let mut stream: Stream = match tls {
+        None => Box::new(tcp),
+        Some(tls) => match timeout_at(deadline, tls.connect(tcp)).await {
+            Ok(Ok(s)) => Box::new(s),
+            Ok(Err(e)) => return Err(format!("TLS handshake with {addr} failed: {e}")),
+            Err(_) => return Err(format!("TLS handshake with {addr} timed out")),
+        },
+    };
     let hello = Request::Hello {
         version: wire::VERSION,
         token: Bytes::copy_from_slice(token.unwrap_or_default().as_bytes()),
@@ -99,8 +127,13 @@ pub async fn open(addr: &str, token: Option<&str>, timeout: Duration) -> Result<
     })
 }
 
-async fn write(stream: &mut TcpStream, bytes: &[u8], deadline: Instant) -> Result<(), String> {
-    match timeout_at(deadline, stream.write_all(bytes)).await {
+/// Writes and flushes (TLS holds records until a flush; TCP's flush is free).
+async fn write(stream: &mut Stream, bytes: &[u8], deadline: Instant) -> Result<(), String> {
+    let write = async {
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    };
+    match timeout_at(deadline, write).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("write timed out".into()),
@@ -160,7 +193,7 @@ pub async fn drive(
 }
 
 impl Driver<'_> {
-    async fn run(&mut self, stream: &mut TcpStream, buf: &mut BytesMut) -> Result<(), String> {
+    async fn run(&mut self, stream: &mut Stream, buf: &mut BytesMut) -> Result<(), String> {
         let drain_until = self.timeline.stop_at + self.params.timeout;
         self.top_up(Instant::now());
         self.flush(stream).await?;
@@ -206,7 +239,7 @@ impl Driver<'_> {
         }
     }
 
-    async fn flush(&mut self, stream: &mut TcpStream) -> Result<(), String> {
+    async fn flush(&mut self, stream: &mut Stream) -> Result<(), String> {
         if self.out.is_empty() {
             return Ok(());
         }
@@ -287,5 +320,81 @@ impl Driver<'_> {
 
     fn error(&mut self, kind: String) {
         *self.outcome.errors.entry(kind).or_default() += 1;
+    }
+}
+
+/// `--mode reconnect`: until the stop time, open a connection, lease `batch` once, close.
+/// Latency is connect to LEASED; a failure is counted and the loop goes on.
+pub async fn reconnect(
+    params: Arc<RawParams>,
+    tls: Option<Arc<TlsTarget>>,
+    timeline: Timeline,
+    counters: Arc<Counters>,
+) -> ConnOutcome {
+    let mut outcome = ConnOutcome {
+        blocks: Vec::new(),
+        latency: stats::histogram(),
+        errors: BTreeMap::new(),
+    };
+    // Bounded in time: each pass is bounded by the timeout and no pass starts after stop_at.
+    while Instant::now() < timeline.stop_at {
+        let started = Instant::now();
+        let result = once(&params, tls.as_deref()).await;
+        let now = Instant::now();
+        let counting = started >= timeline.measure_from && now < timeline.stop_at;
+        match result {
+            Ok(block) => {
+                if counting {
+                    stats::record(&mut outcome.latency, now - started);
+                    counters.add(u64::from(block.count), 1, 0);
+                }
+                if params.verify {
+                    outcome.blocks.push(block);
+                }
+            }
+            Err(kind) => {
+                if counting {
+                    counters.add(0, 0, 1);
+                }
+                *outcome.errors.entry(kind).or_default() += 1;
+            }
+        }
+    }
+    outcome
+}
+
+/// One connection: open, one LEASE, its reply, close.
+async fn once(params: &RawParams, tls: Option<&TlsTarget>) -> Result<Block, String> {
+    let Opened {
+        mut stream,
+        mut buf,
+        ..
+    } = open(&params.addr, params.token.as_deref(), params.timeout, tls).await?;
+    let deadline = Instant::now() + params.timeout;
+    let lease = Request::Lease {
+        request_id: 1,
+        count: params.batch,
+    };
+    write(&mut stream, &lease.to_bytes(), deadline).await?;
+    loop {
+        match wire::decode_response(&mut buf) {
+            Ok(Some(Response::Leased {
+                first_id, count, ..
+            })) => {
+                return Ok(Block {
+                    first: first_id,
+                    count,
+                })
+            }
+            Ok(Some(other)) => return Err(format!("unexpected {other:?}")),
+            Err(e) => return Err(format!("malformed reply: {e}")),
+            Ok(None) => {}
+        }
+        match timeout_at(deadline, stream.read_buf(&mut buf)).await {
+            Ok(Ok(0)) => return Err("closed".into()),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("io: {}", e.kind())),
+            Err(_) => return Err("reply timeout".into()),
+        }
     }
 }

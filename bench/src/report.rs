@@ -18,10 +18,12 @@ use crate::{Mode, Settings};
 /// The settings as reported.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReportSettings {
-    /// raw, client or client-lease.
+    /// raw, client, client-lease or reconnect.
     pub mode: &'static str,
     /// Server address.
     pub addr: String,
+    /// Whether the load spoke TLS.
+    pub tls: bool,
     /// Raw mode connections.
     pub connections: usize,
     /// Raw mode requests in flight per connection.
@@ -95,6 +97,7 @@ impl Report {
             settings: ReportSettings {
                 mode: settings.mode.name(),
                 addr: settings.addr.clone(),
+                tls: settings.tls.is_some(),
                 connections: settings.connections,
                 depth: settings.depth,
                 batch: settings.batch,
@@ -141,19 +144,31 @@ impl Report {
                 s.connections, s.depth, s.batch
             ),
             "client-lease" => format!("{} tasks, lease({})", s.tasks, s.batch),
+            "reconnect" => format!(
+                "{} tasks, each: connect, HELLO, lease({}), close",
+                s.connections, s.batch
+            ),
             _ => format!(
                 "{} tasks, next_id() (latency: 1 call in {} timed)",
                 s.tasks, s.latency_sampled_every
             ),
         };
-        let per_call = if s.mode == "raw" {
-            "leases/s"
-        } else {
-            "calls/s"
+        let per_call = match s.mode {
+            "raw" => "leases/s",
+            "reconnect" => "conns/s",
+            _ => "calls/s",
         };
         let workers = self.workers.len().max(1);
         let mut rows: Vec<(String, String)> = vec![
-            ("mode".into(), format!("{} against {}", s.mode, s.addr)),
+            (
+                "mode".into(),
+                format!(
+                    "{} against {}{}",
+                    s.mode,
+                    s.addr,
+                    if s.tls { " over TLS" } else { "" }
+                ),
+            ),
             ("load".into(), shape),
             (
                 "time".into(),
@@ -244,6 +259,7 @@ mod tests {
             verify: true,
             sample_every: 16,
             token: None,
+            tls: None,
             quiet: true,
         }
     }

@@ -120,3 +120,37 @@ fn an_unreachable_server_exits_2_with_the_reason() {
     assert_eq!(code, 2);
     assert!(stderr.contains("cannot connect"), "{stderr}");
 }
+
+#[test]
+fn raw_and_reconnect_runs_over_tls_report_ids_and_verify_them() {
+    let pki = snowlease_bench::tls::throwaway().unwrap();
+    let mut config = ServerConfig::for_tests(4);
+    config.tls = Some(snowlease_server::config::TlsPaths {
+        cert: pki.cert.clone(),
+        key: pki.key.clone(),
+        client_ca: None,
+    });
+    let server = start(config).unwrap();
+    let addr = server.lease_addr().to_string();
+    let ca = pki.ca.display().to_string();
+    for mode in ["raw", "reconnect", "client"] {
+        let (code, stdout, stderr) = run_bench(&[
+            "--addr",
+            &addr,
+            "--tls",
+            "--tls-ca",
+            &ca,
+            "--mode",
+            mode,
+            "--duration",
+            "0.5",
+            "--connections",
+            "2",
+            "--quiet",
+        ]);
+        assert_eq!(code, 0, "{mode}: stdout:\n{stdout}\nstderr:\n{stderr}");
+        assert!(stdout.contains("over TLS"), "{stdout}");
+        assert!(stdout.contains("verify        ok:"), "{stdout}");
+    }
+    server.shutdown();
+}

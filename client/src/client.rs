@@ -15,7 +15,8 @@
 //!   50 ms of IDs on hand by pipelining LEASEs to all connected servers, checks every reply
 //!   against what was asked (`verify`), drops ranges older than `max_age`, and fails over
 //!   and reconnects with jittered backoff when a server goes away.
-//! - `conn` tasks do the socket I/O for one server each, and nothing else.
+//! - `conn` tasks do the socket I/O for one server each, and nothing else; with
+//!   [`ClientConfig::tls`] (feature `tls`) inside a TLS session set up by `tls`.
 //! - [`BlockingClient`] wraps a `Client` and a one-thread runtime for code without one.
 //!
 //! The design follows tikv/client-rust's timestamp oracle (`src/pd/timestamp.rs`): many
@@ -30,6 +31,8 @@ mod driver;
 mod error;
 mod rate;
 mod shared;
+#[cfg(feature = "tls")]
+mod tls;
 mod verify;
 
 use std::fmt;
@@ -48,6 +51,8 @@ pub use config::{
     DEFAULT_PORT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_TIMEOUT, MIN_MAX_AGE,
 };
 pub use error::Error;
+#[cfg(feature = "tls")]
+pub use tls::{client_config, TlsOptions};
 
 use buffer::Buffer;
 use driver::Driver;
@@ -108,6 +113,15 @@ impl Client {
     /// wrong protocol), and with [`Error::Unavailable`] if none answers within the timeout.
     pub async fn connect(config: ClientConfig) -> Result<Client, Error> {
         let targets = config.validate()?;
+        // Files are read once here: a bad CA file is a configuration error at connect.
+        #[cfg(feature = "tls")]
+        let config = match &config.tls {
+            Some(tls) => ClientConfig {
+                tls: Some(tls.load()?),
+                ..config
+            },
+            None => config,
+        };
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
         let shared = Arc::new(Shared::new());
         let (commands, receiver) = mpsc::unbounded_channel();

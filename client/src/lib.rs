@@ -5,7 +5,8 @@
 //!   this client, snowcat and the fuzz targets all share them.
 //! - [`codec`] adapts the wire functions to tokio-util's `Decoder`/`Encoder`.
 //! - [`client`] is the buffered client: a background task leases blocks over TCP ahead of
-//!   demand and [`Client::next_id`] pops from a local buffer.
+//!   demand and [`Client::next_id`] pops from a local buffer; optionally over TLS
+//!   ([`client::TlsOptions`], feature `tls`, on by default).
 
 pub mod client;
 pub mod codec;
@@ -14,3 +15,7 @@ pub mod wire;
 
 pub use client::{BlockingClient, Client, ClientConfig, Error, IdRange};
 pub use layout::{Layout, Parts};
+/// The TLS stack the client speaks (feature `tls`), re-exported so callers build
+/// [`client::TlsOptions::config`] and connectors against the same versions.
+#[cfg(feature = "tls")]
+pub use tokio_rustls::{self, rustls};

@@ -410,3 +410,52 @@ fn a_token_in_the_stdin_mode_sends_hello_first() {
     assert!(lines[0].starts_with("WELCOME "), "{}", lines[0]);
     assert_eq!(lines[1], "PONG nonce=2");
 }
+
+#[test]
+fn every_connecting_mode_works_over_tls_and_a_wrong_ca_is_a_connect_failure() {
+    let dir = std::env::temp_dir().join(format!("snowcat-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    std::fs::write(dir.join("ca.pem"), ca.self_signed(&ca_key).unwrap().pem()).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["ids.test".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+    let mut config = ServerConfig::for_tests(3);
+    config.tls = Some(snowlease_server::config::TlsPaths {
+        cert: dir.join("cert.pem"),
+        key: dir.join("key.pem"),
+        client_ca: None,
+    });
+    let s = start(config).unwrap();
+    let (a, ca_file) = (addr(&s), dir.join("ca.pem").display().to_string());
+    let tls = ["--addr", &a, "--tls", "--tls-ca", &ca_file];
+    let named = [&tls[..], &["--tls-server-name", "ids.test"]].concat();
+
+    let run = snowcat(&[&named[..], &["lease", "5"]].concat(), "");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout.lines().count(), 5);
+    let run = snowcat(&[&named[..], &["info", "--json"]].concat(), "");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = snowcat(&[&named[..], &["ping", "--count", "1"]].concat(), "");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = snowcat(&[&named[..], &["decode", "--ask", "1"]].concat(), "");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = snowcat(&named, "lease 2\n");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("LEASED"), "{}", run.stdout);
+
+    // Dialled by IP without the name override, the certificate for ids.test does not match.
+    let run = snowcat(&[&tls[..], &["lease", "1"]].concat(), "");
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("TLS handshake"), "{}", run.stderr);
+    let run = snowcat(&["--addr", &a, "--tls", "lease", "1"], "");
+    assert_eq!(run.code, 2, "--tls needs --tls-ca: {}", run.stderr);
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -9,14 +9,16 @@
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -28,9 +30,23 @@ use crate::Shared;
 /// JSON reply under ~100 KiB.
 pub const MAX_HTTP_COUNT: u32 = 4096;
 
+/// Admin connections served at once. Probes and scrapes need a handful; the cap keeps a
+/// client that opens connections and never finishes a request from using up the descriptors
+/// the lease port needs. Past it a connection gets [`BUSY`] and is closed at once.
+pub const MAX_ADMIN_CONNECTIONS: usize = 64;
+
+/// Time a client has to send a request's headers, counted from the connection's start or
+/// the end of the previous response, so idle keep-alive connections end too (a half-sent
+/// request or an idle connection cannot hold one of the [`MAX_ADMIN_CONNECTIONS`] for long).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The whole reply to a connection past [`MAX_ADMIN_CONNECTIONS`].
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 32\r\nconnection: close\r\n\r\ntoo many admin connections open\n";
+
 /// Serves the admin port until `stop` is cancelled.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
     let tracker = TaskTracker::new();
+    let limiter = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
         let (stream, _) = tokio::select! {
             _ = stop.cancelled() => break,
@@ -38,20 +54,29 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
                 Ok(a) => a,
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
             },
         };
+        let Ok(permit) = limiter.clone().try_acquire_owned() else {
+            shared.metrics.admin().http_rejected();
+            // Best effort and never waits: the socket is closed right after.
+            let _ = stream.try_write(BUSY);
+            continue;
+        };
         let shared = shared.clone();
         let stop = stop.clone();
         tracker.spawn(async move {
+            let _permit = permit;
             let service = hyper::service::service_fn(move |req| {
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(route(&shared, req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {
@@ -61,7 +86,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
         });
     }
     tracker.close();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), tracker.wait()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), tracker.wait()).await;
 }
 
 fn reply(

@@ -140,9 +140,34 @@ pub struct Args {
     #[arg(long, env = "SNOWLEASE_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
 
+    /// PEM file with the lease port's certificate chain (leaf first). With --tls-key, the lease
+    /// port speaks TLS only. Re-read on SIGHUP and when the file changes.
+    #[arg(long, env = "SNOWLEASE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM file with the private key of --tls-cert (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "SNOWLEASE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM file with the CA certificates client certificates must chain to (mutual TLS):
+    /// clients without such a certificate are refused during the handshake. Needs --tls-cert.
+    #[arg(long, env = "SNOWLEASE_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// Log line format.
     #[arg(long, env = "SNOWLEASE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
+}
+
+/// The files TLS on the lease port is built from; read by [`crate::tls`], never here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPaths {
+    /// `--tls-cert`: the certificate chain, PEM.
+    pub cert: PathBuf,
+    /// `--tls-key`: its private key, PEM.
+    pub key: PathBuf,
+    /// `--tls-client-ca`: CA certificates for client certificates (mutual TLS), PEM.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Where the worker id came from, for the start log line and error messages.
@@ -197,6 +222,8 @@ pub struct ServerConfig {
     pub backlog: i32,
     /// Shared token file, if access is restricted.
     pub token_file: Option<PathBuf>,
+    /// TLS on the lease port; `None` = plaintext.
+    pub tls: Option<TlsPaths>,
 }
 
 /// Why the server refuses to start.
@@ -229,6 +256,7 @@ impl ServerConfig {
             max_queued_replies: DEFAULT_MAX_QUEUED_REPLIES,
             backlog: DEFAULT_BACKLOG,
             token_file: None,
+            tls: None,
         }
     }
 }
@@ -294,6 +322,7 @@ impl Args {
                 "--reserve-ms must be at least 2".into(),
             ));
         }
+        let tls = self.tls_paths()?;
         Ok(ServerConfig {
             listen: self.listen,
             admin_listen: self.admin_listen,
@@ -313,7 +342,35 @@ impl Args {
             max_queued_replies: self.max_queued_replies,
             backlog: DEFAULT_BACKLOG,
             token_file: self.token_file.clone(),
+            tls,
         })
+    }
+
+    /// Both of --tls-cert and --tls-key, or neither; --tls-client-ca only with them. A half
+    /// configured TLS must not start as plaintext.
+    fn tls_paths(&self) -> Result<Option<TlsPaths>, ConfigError> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(TlsPaths {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            })),
+            (Some(cert), None) => Err(ConfigError::Invalid(format!(
+                "--tls-cert {} is set but --tls-key (SNOWLEASE_TLS_KEY) is not: TLS needs both",
+                cert.display()
+            ))),
+            (None, Some(key)) => Err(ConfigError::Invalid(format!(
+                "--tls-key {} is set but --tls-cert (SNOWLEASE_TLS_CERT) is not: TLS needs both",
+                key.display()
+            ))),
+            (None, None) => match &self.tls_client_ca {
+                Some(ca) => Err(ConfigError::Invalid(format!(
+                    "--tls-client-ca {} needs --tls-cert and --tls-key: client certificates are only checked over TLS",
+                    ca.display()
+                ))),
+                None => Ok(None),
+            },
+        }
     }
 }
 
@@ -461,10 +518,53 @@ mod tests {
             "SNOWLEASE_STATE_DIR",
             "SNOWLEASE_MAX_CONNECTIONS",
             "SNOWLEASE_DRAIN_TIMEOUT_MS",
+            "SNOWLEASE_TLS_CERT",
+            "SNOWLEASE_TLS_KEY",
+            "SNOWLEASE_TLS_CLIENT_CA",
         ] {
             assert!(help.contains(var), "{var} missing from --help");
         }
         assert!(help.contains("[default: 0.0.0.0:7609]"));
+    }
+
+    #[test]
+    fn half_a_tls_configuration_refuses_to_start_naming_the_missing_flag() {
+        let resolve = |args: &[&str]| {
+            let mut all = vec!["snowlease-server"];
+            all.extend_from_slice(args);
+            Args::parse_from(all).resolve(&env(None, false))
+        };
+        let err = resolve(&["--tls-cert", "/x/cert.pem"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--tls-cert /x/cert.pem is set but --tls-key"),
+            "{err}"
+        );
+        let err = resolve(&["--tls-key", "/x/key.pem"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--tls-key /x/key.pem is set but --tls-cert"),
+            "{err}"
+        );
+        let err = resolve(&["--tls-client-ca", "/x/ca.pem"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--tls-client-ca /x/ca.pem needs --tls-cert"),
+            "{err}"
+        );
+        let both = resolve(&["--tls-cert", "c", "--tls-key", "k"]).unwrap();
+        assert_eq!(
+            both.tls,
+            Some(TlsPaths {
+                cert: "c".into(),
+                key: "k".into(),
+                client_ca: None
+            })
+        );
+        assert_eq!(resolve(&[]).unwrap().tls, None);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //!
 //! The loop alternates two phases. *Answer*: decode every complete frame in the read buffer
 //! and encode each reply into one write buffer, flushing after every `max_queued_replies`
-//! replies so a client that pipelines a million requests is answered in bounded memory and
+//! replies (or 16 KiB) so a client that pipelines a million requests is answered in bounded memory and
 //! stops being read while its replies are written (backpressure). *Read*: one `read_buf`,
 //! raced against the idle deadline and the shutdown token. When the generator asks a lease to
 //! wait for the next tick, the replies already encoded are flushed first and later requests
@@ -29,6 +29,11 @@ use crate::Shared;
 /// first, small reservation; a busy one reads up to 4 KiB (315 LEASE frames) per syscall.
 const FIRST_READ: usize = 256;
 const READ_CHUNK: usize = 4096;
+/// Replies encoded before a flush, whatever `max_queued_replies` says: bounds what a client
+/// that stops reading pins in user memory (its ERROR replies are 2.6x the size of LEASED).
+const FLUSH_BYTES: usize = 16 * 1024;
+/// Write buffer a quiet connection may keep: a few replies' worth.
+const KEEP_WRITE: usize = 1024;
 /// How long a connection closed for a protocol error keeps reading (and discarding) after its
 /// last frame, so the kernel does not reset it and lose the ERROR frame.
 const LINGER: Duration = Duration::from_millis(500);
@@ -98,6 +103,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                 deadline = Instant::now() + idle;
             }
             self.flush().await?;
+            if room == FIRST_READ {
+                self.shrink_after_burst();
+            }
 
             if self.rbuf.capacity() - self.rbuf.len() < FIRST_READ {
                 self.rbuf.reserve(room);
@@ -114,6 +122,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                 return Ok(());
             }
             room = if n >= free { READ_CHUNK } else { FIRST_READ };
+        }
+    }
+
+    /// Gives back buffers grown for a burst once the connection is quiet again (its last read
+    /// did not fill the buffer), so a connection that once pipelined a thousand requests
+    /// costs what an idle one does: 16,384 connections that each had a burst would otherwise
+    /// keep ~27 KiB apiece, over 400 MiB. A steady pipeliner keeps filling its reads and
+    /// keeps its buffers; a one-request-at-a-time client never grows them.
+    fn shrink_after_burst(&mut self) {
+        if self.wbuf.is_empty() && self.wbuf.capacity() > KEEP_WRITE {
+            self.wbuf = BytesMut::new();
+        }
+        if self.rbuf.is_empty() {
+            // Reclaims the consumed front of the allocation, so `capacity` is its full size.
+            self.rbuf.reserve(FIRST_READ);
+            if self.rbuf.capacity() > 2 * FIRST_READ {
+                self.rbuf = BytesMut::with_capacity(FIRST_READ);
+            }
         }
     }
 
@@ -134,7 +160,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             if self.answer(request).await? == Flow::Close {
                 return Ok((answered, Flow::Close));
             }
-            if answered % batch == 0 {
+            if answered % batch == 0 || self.wbuf.len() >= FLUSH_BYTES {
                 self.flush().await?;
             }
         }
@@ -284,7 +310,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             return Ok(());
         }
         let timeout = self.shared.config.write_timeout;
-        match tokio::time::timeout(timeout, self.stream.write_all(&self.wbuf)).await {
+        // The flush is a no-op on TCP; under TLS it pushes out records rustls still holds
+        // when the socket was full, which would otherwise wait for the next write.
+        let write = async {
+            self.stream.write_all(&self.wbuf).await?;
+            self.stream.flush().await
+        };
+        match tokio::time::timeout(timeout, write).await {
             Ok(result) => result?,
             Err(_) => {
                 return Err(io::Error::new(
@@ -307,8 +339,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
     /// replies already sent are not destroyed by a reset: closing a socket with unread input
     /// makes the kernel send RST, and the peer's kernel then drops replies it has not read.
     async fn linger_close(&mut self) -> io::Result<()> {
-        self.stream.shutdown().await?;
         let deadline = Instant::now() + LINGER;
+        // Bounded: under TLS the close_notify is a write, which a peer that does not read
+        // would block.
+        if let Ok(result) = tokio::time::timeout_at(deadline, self.stream.shutdown()).await {
+            result?;
+        }
         let mut discard = [0u8; 512];
         loop {
             match tokio::time::timeout_at(deadline, self.stream.read(&mut discard)).await {
@@ -323,8 +359,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
 /// brief linger), so the frame is not lost to a reset if the client already sent something.
 pub async fn turn_away<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, frame: &[u8]) {
     let linger = Duration::from_millis(200);
-    let _ = tokio::time::timeout(linger, stream.write_all(frame)).await;
-    let _ = stream.shutdown().await;
+    let _ = tokio::time::timeout(linger, async {
+        stream.write_all(frame).await?;
+        stream.flush().await
+    })
+    .await;
+    let _ = tokio::time::timeout(linger, stream.shutdown()).await;
     let mut discard = [0u8; 256];
     let _ = tokio::time::timeout(linger, async {
         while let Ok(n) = stream.read(&mut discard).await {

@@ -6,6 +6,7 @@
 //! - [`state`]: the persisted high-water mark that makes restarts safe.
 //! - [`conn`]: one lease connection, frames in, replies out.
 //! - [`admin`]: the admin HTTP port. [`metrics`]: per-core counters and their exposition.
+//! - [`tls`]: optional TLS on the lease port, reloaded when its files change.
 //!
 //! [`start`] wires them together: it reads the state file and reserves a window ahead, binds
 //! one SO_REUSEPORT listener per core, and starts one thread per core running a
@@ -21,6 +22,7 @@ pub mod conn;
 pub mod generator;
 pub mod metrics;
 pub mod state;
+pub mod tls;
 
 use std::io;
 use std::net::SocketAddr;
@@ -59,6 +61,9 @@ pub const CLAIM_HORIZON_MS: u64 = 1_000;
 /// RLIMIT_NOFILE of the StatefulSet (1,048,576) and the 20,000 the hostile suite allows.
 const TURNING_AWAY_MAX: usize = 512;
 
+/// Accepts between yields to the connection tasks on the same core (see `accept_loop`).
+const ACCEPTS_PER_YIELD: u32 = 16;
+
 /// State every thread shares.
 #[derive(Debug)]
 pub struct Shared {
@@ -78,6 +83,8 @@ pub struct Shared {
     pub state: Option<StateStore>,
     /// The shared token, when `--token-file` is set.
     pub token: Option<auth::TokenStore>,
+    /// The lease port's TLS configuration, when `--tls-cert` is set; swapped on reload.
+    pub tls: Option<tls::TlsStore>,
     persister: OnceLock<thread::Thread>,
     stopping: AtomicBool,
 }
@@ -95,23 +102,34 @@ impl Shared {
             clock.clone(),
         )?
         .with_horizon(CLAIM_HORIZON_MS);
-        let token = config
-            .token_file
-            .as_deref()
-            .map(auth::TokenStore::load)
-            .transpose()?;
-        Ok(Arc::new(Shared {
+        let (token, tls) = load_secrets(&config)?;
+        let shared = Shared::new(config, clock, generator, None, token, tls);
+        shared.ready.store(true, Ordering::Release);
+        Ok(Arc::new(shared))
+    }
+
+    /// Not ready until the caller says so.
+    fn new(
+        config: ServerConfig,
+        clock: Arc<MonotonicClock>,
+        generator: Generator<Arc<MonotonicClock>>,
+        state: Option<StateStore>,
+        token: Option<auth::TokenStore>,
+        tls: Option<tls::TlsStore>,
+    ) -> Shared {
+        Shared {
             metrics: Metrics::new(config.threads),
             config,
             clock,
             generator,
-            ready: AtomicBool::new(true),
+            ready: AtomicBool::new(false),
             durable_raised: Notify::new(),
-            state: None,
+            state,
             token,
+            tls,
             persister: OnceLock::new(),
             stopping: AtomicBool::new(false),
-        }))
+        }
     }
 
     /// Asks the persistence thread to extend the reservation now.
@@ -137,6 +155,9 @@ pub enum StartError {
     /// The token file is unusable.
     #[error(transparent)]
     Token(#[from] auth::TokenError),
+    /// A TLS file is unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// Binding a port or starting a thread failed.
     #[error("{what}: {source}")]
     Io {
@@ -170,11 +191,8 @@ pub struct RunningServer {
 pub fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let layout = config.layout;
     check_lifetime(&config)?;
-    let token = config
-        .token_file
-        .as_deref()
-        .map(auth::TokenStore::load)
-        .transpose()?;
+    // Before the state file: a bad token or certificate refuses to start without touching it.
+    let (token, tls) = load_secrets(&config)?;
     let (state, previous) = match &config.state_dir {
         Some(dir) => {
             let (store, prev) =
@@ -228,18 +246,7 @@ pub fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         .local_addr()
         .map_err(io_err("reading the admin address"))?;
 
-    let shared = Arc::new(Shared {
-        metrics: Metrics::new(config.threads),
-        config,
-        clock,
-        generator,
-        ready: AtomicBool::new(false),
-        durable_raised: Notify::new(),
-        state,
-        token,
-        persister: OnceLock::new(),
-        stopping: AtomicBool::new(false),
-    });
+    let shared = Arc::new(Shared::new(config, clock, generator, state, token, tls));
     let shutdown = CancellationToken::new();
     let abort = CancellationToken::new();
     let admin_stop = CancellationToken::new();
@@ -295,6 +302,19 @@ pub fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     })
 }
 
+/// The token and the TLS configuration, each when configured.
+fn load_secrets(
+    config: &ServerConfig,
+) -> Result<(Option<auth::TokenStore>, Option<tls::TlsStore>), StartError> {
+    let token = config
+        .token_file
+        .as_deref()
+        .map(auth::TokenStore::load)
+        .transpose()?;
+    let tls = config.tls.as_ref().map(tls::TlsStore::load).transpose()?;
+    Ok((token, tls))
+}
+
 fn check_lifetime(config: &ServerConfig) -> Result<(), StartError> {
     let layout = config.layout;
     let left_ms = layout
@@ -329,6 +349,8 @@ fn log_start(shared: &Shared, lease_addr: SocketAddr, admin_addr: SocketAddr) {
         threads = c.threads,
         max_lead_ms = c.max_lead_ms,
         state_dir = ?c.state_dir,
+        tls = c.tls.is_some(),
+        mutual_tls = c.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
         "serving"
     );
 }
@@ -425,7 +447,16 @@ async fn accept_loop(
     let metrics = shared.metrics.core(core);
     let overloaded = conn::overloaded_frame(shared.config.max_connections);
     let turning_away = Arc::new(Semaphore::new(TURNING_AWAY_MAX));
+    let mut accepted: u32 = 0;
     loop {
+        // The accept loop is this runtime's main future: with a deep backlog `accept` is
+        // always ready and the loop would starve the connection tasks, so connections their
+        // clients already closed would keep holding the cap. Yielding every few accepts lets
+        // them run and release their permits.
+        accepted = accepted.wrapping_add(1);
+        if accepted % ACCEPTS_PER_YIELD == 0 {
+            tokio::task::yield_now().await;
+        }
         let stream = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return,
@@ -446,7 +477,20 @@ async fn accept_loop(
                 let (shared, shutdown) = (shared.clone(), shutdown.clone());
                 tracker.spawn(async move {
                     let metrics = shared.metrics.core(core);
-                    conn::serve(stream, &shared, metrics, &shutdown).await;
+                    // The handshake runs here, in the connection's own task, never in the
+                    // accept loop: a slow or silent peer must not hold up accepts.
+                    match &shared.tls {
+                        None => conn::serve(stream, &shared, metrics, &shutdown).await,
+                        Some(store) => {
+                            let limit = tls::HANDSHAKE_TIMEOUT.min(shared.config.idle_timeout);
+                            let acceptor = store.acceptor();
+                            if let Some(stream) =
+                                tls::handshake(acceptor, stream, limit, metrics, &shutdown).await
+                            {
+                                conn::serve(stream, &shared, metrics, &shutdown).await;
+                            }
+                        }
+                    }
                     metrics.closed();
                     drop(permit);
                 });
@@ -460,14 +504,31 @@ async fn accept_loop(
                 // so a flood cannot pin more descriptors than the cap plus this bound.
                 match turning_away.clone().try_acquire_owned() {
                     Ok(permit) => {
-                        let frame = overloaded.clone();
+                        let (frame, shared) = (overloaded.clone(), shared.clone());
+                        let shutdown = shutdown.clone();
                         tokio::spawn(async move {
-                            conn::turn_away(stream, &frame).await;
+                            match shared.tls.as_ref().map(tls::TlsStore::acceptor) {
+                                None => conn::turn_away(stream, &frame).await,
+                                // Under TLS the frame must be inside TLS: a plaintext one
+                                // would read as a broken handshake, not as OVERLOADED.
+                                Some(acceptor) => {
+                                    let limit = tls::TURN_AWAY_HANDSHAKE_TIMEOUT;
+                                    let metrics = shared.metrics.core(core);
+                                    if let Some(stream) =
+                                        tls::handshake(acceptor, stream, limit, metrics, &shutdown)
+                                            .await
+                                    {
+                                        conn::turn_away(stream, &frame).await;
+                                    }
+                                }
+                            }
                             drop(permit);
                         });
                     }
                     Err(_) => {
-                        let _ = stream.try_write(&overloaded);
+                        if shared.tls.is_none() {
+                            let _ = stream.try_write(&overloaded);
+                        }
                     }
                 }
             }
@@ -513,17 +574,18 @@ fn run_admin(
             _ = abort.cancelled() => {}
             _ = admin::serve(listener, shared.clone(), stop.clone()) => {}
             _ = resync => {}
-            _ = reload_token(&shared) => {}
+            _ = watch_files(&shared) => {}
         }
     });
 }
 
-/// Re-reads the token file once a second (if it changed) and at once on SIGHUP. Returns only
-/// if there is no token to watch.
-async fn reload_token(shared: &Shared) {
-    let Some(store) = &shared.token else {
+/// Re-reads the token file and the TLS files once a second (those that changed) and all of
+/// them at once on SIGHUP. A file that became unusable is logged and the previous token or
+/// certificate kept; open connections are never dropped. Returns only if nothing is watched.
+async fn watch_files(shared: &Shared) {
+    if shared.token.is_none() && shared.tls.is_none() {
         return std::future::pending().await;
-    };
+    }
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut every = tokio::time::interval(RESYNC_EVERY);
     loop {
@@ -531,11 +593,22 @@ async fn reload_token(shared: &Shared) {
             _ = every.tick() => false,
             Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
         };
-        match store.reload_if_changed(force) {
-            Ok(true) => tracing::info!("token reloaded"),
-            Ok(false) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "token file unusable; keeping the previous token")
+        if let Some(store) = &shared.token {
+            match store.reload_if_changed(force) {
+                Ok(true) => tracing::info!("token reloaded"),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "token file unusable; keeping the previous token")
+                }
+            }
+        }
+        if let Some(store) = &shared.tls {
+            match store.reload_if_changed(force) {
+                Ok(true) => tracing::info!("TLS certificate and key reloaded"),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS files unusable; keeping the previous certificate")
+                }
             }
         }
     }

@@ -24,6 +24,7 @@ fn main() -> ExitCode {
     if config.worker_source == WorkerSource::Default {
         tracing::warn!("no WORKER_ID, POD_NAME or hostname ordinal: running as worker 0. Fine for a single server; give every other server its own WORKER_ID");
     }
+    check_nofile(config.max_connections);
     // Signal handlers go in before the server reports it is serving, so a SIGTERM that
     // follows the start line at once still drains instead of killing the process.
     let signals = match Signals::install() {
@@ -45,6 +46,31 @@ fn main() -> ExitCode {
     server.shutdown();
     tracing::info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// Descriptors needed besides the lease connections: turned-away connections lingering
+/// (512 per core), admin connections (64), listeners, the state file and the log.
+const NOFILE_HEADROOM: u64 = 4_096;
+
+/// Raises the soft open-file limit towards the hard one so the connection cap, not EMFILE, is
+/// what a flood meets (a descriptor shortage stalls accepts on both ports, liveness probe
+/// included). Warns when even the hard limit is too low; never refuses to start over it.
+fn check_nofile(max_connections: usize) {
+    let want = (max_connections as u64).saturating_add(NOFILE_HEADROOM);
+    let soft = match rlimit::increase_nofile_limit(want) {
+        Ok(soft) => soft,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-file limit");
+            return;
+        }
+    };
+    if soft < want {
+        tracing::warn!(
+            nofile = soft,
+            wanted = want,
+            "the open-file limit is below --max-connections plus headroom: a connection flood will meet EMFILE before the cap; raise LimitNOFILE / ulimit -n or lower --max-connections"
+        );
+    }
 }
 
 fn init_logging(format: LogFormat) {

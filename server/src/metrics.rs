@@ -32,12 +32,14 @@ pub struct CoreMetrics {
     ids_issued: AtomicU64,
     leases: [AtomicU64; 4],
     http_requests: AtomicU64,
+    http_rejected: AtomicU64,
     conns_accepted: AtomicU64,
     conns_rejected: AtomicU64,
     conns_closed: AtomicU64,
     frame_errors: [AtomicU64; MAX_CODE],
     waits_lead: AtomicU64,
     waits_durable: AtomicU64,
+    tls_handshake_failures: AtomicU64,
 }
 
 fn bump(c: &AtomicU64, by: u64) {
@@ -88,9 +90,19 @@ impl CoreMetrics {
         bump(&self.waits_durable, 1);
     }
 
+    /// A TLS handshake on the lease port failed or timed out; the connection was closed.
+    pub fn tls_handshake_failed(&self) {
+        bump(&self.tls_handshake_failures, 1);
+    }
+
     /// An admin HTTP request was served.
     pub fn http_request(&self) {
         bump(&self.http_requests, 1);
+    }
+
+    /// An admin connection was turned away at its cap.
+    pub fn http_rejected(&self) {
+        bump(&self.http_rejected, 1);
     }
 }
 
@@ -253,10 +265,22 @@ pub fn render(m: &Metrics, g: &Gauges) -> String {
         &errors,
     );
     metric(
+        "snowlease_tls_handshake_failures_total",
+        "counter",
+        "Lease connections closed because the TLS handshake failed or timed out (plaintext clients, wrong CA, scanners).",
+        &one(m.sum(|s| &s.tls_handshake_failures)),
+    );
+    metric(
         "snowlease_http_requests_total",
         "counter",
         "Admin HTTP requests served.",
         &one(m.sum(|s| &s.http_requests)),
+    );
+    metric(
+        "snowlease_http_connections_rejected_total",
+        "counter",
+        "Admin connections turned away at the admin connection cap.",
+        &one(m.sum(|s| &s.http_rejected)),
     );
     metric(
         "snowlease_ticks_borrowed_total",
@@ -340,6 +364,7 @@ mod tests {
         m.core(0).accepted();
         m.core(1).accepted();
         m.core(0).closed();
+        m.core(1).tls_handshake_failed();
         let text = render(
             &m,
             &Gauges {
@@ -351,6 +376,7 @@ mod tests {
         assert!(text.contains("snowlease_leases_total{outcome=\"full\"} 2\n"));
         assert!(text.contains("snowlease_frame_errors_total{code=\"INVALID_COUNT\"} 1\n"));
         assert!(text.contains("snowlease_connections_open 1\n"));
+        assert!(text.contains("snowlease_tls_handshake_failures_total 1\n"));
         assert!(text.contains("worker_id=\"7\""));
         assert!(
             !text.contains("reserved_ahead"),

@@ -458,3 +458,62 @@ fn a_clock_stepped_back_5_s_while_running_repeats_nothing_and_reports_the_lead()
     assert!(lead > 4_000.0, "wall clock lead {lead}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The soft `RLIMIT_NOFILE` of process `pid`, from `/proc/<pid>/limits`.
+fn soft_nofile(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    line.split_whitespace()
+        .nth(3)
+        .and_then(|v| v.parse().ok())
+        .expect("a soft limit")
+}
+
+#[test]
+fn it_raises_the_open_file_limit_to_the_cap_and_warns_when_the_hard_limit_is_lower() {
+    // Room under the hard limit (an unprivileged process cannot raise its own hard limit, so
+    // stay under this test's): the soft limit is raised to the cap plus 4,096 of headroom.
+    let hard = hard_nofile().min(8_000);
+    assert!(
+        hard > 5_096,
+        "this test needs a hard open-file limit above 5,096"
+    );
+    let limit = format!("--nofile=512:{hard}");
+    let s = Server::start(
+        &["prlimit", &limit, "--"],
+        &["--max-connections", "1000"],
+        &[],
+    );
+    assert_eq!(soft_nofile(s.child.id()), 5_096);
+    assert!(!s.early.iter().any(|l| l.contains("open-file limit")));
+    drop(s);
+    // A hard limit below that: raised as far as it goes, and the log says why that is not
+    // enough.
+    let s = Server::start(
+        &["prlimit", "--nofile=512:2048", "--"],
+        &["--max-connections", "1000"],
+        &[],
+    );
+    assert_eq!(soft_nofile(s.child.id()), 2048);
+    assert!(
+        s.early
+            .iter()
+            .any(|l| l.contains("open-file limit is below")),
+        "{:?}",
+        s.early
+    );
+}
+
+/// This process's hard `RLIMIT_NOFILE`.
+fn hard_nofile() -> u64 {
+    let limits = std::fs::read_to_string("/proc/self/limits").expect("limits");
+    limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u64::MAX)
+}

@@ -7,6 +7,7 @@
 //! lines. Every path ends in a [`Failure`] or success, and [`main`] maps that to the exit code:
 //! 0 success, 1 the server or the input said no, 2 usage or connect failure.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -67,6 +68,21 @@ struct Common {
     /// goes first).
     #[arg(long, env = "SNOWLEASE_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// Speak TLS to the server (the lease port of a server started with --tls-cert).
+    #[arg(long, global = true, requires = "tls_ca")]
+    tls: bool,
+    /// With --tls: PEM file of the CA certificates the server's certificate must chain to.
+    #[arg(long, global = true, value_name = "FILE", requires = "tls")]
+    tls_ca: Option<PathBuf>,
+    /// With --tls: the name the server's certificate must carry. Default: the host of --addr.
+    #[arg(long, global = true, value_name = "NAME", requires = "tls")]
+    tls_server_name: Option<String>,
+    /// With --tls: client certificate (PEM) for servers that require one (--tls-client-ca).
+    #[arg(long, global = true, value_name = "FILE", requires_all = ["tls", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+    /// With --tls-cert: its private key (PEM).
+    #[arg(long, global = true, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 impl Common {

@@ -117,6 +117,8 @@ pub struct ClientConfig {
     pub(crate) timeout: Duration,
     pub(crate) backoff: Backoff,
     pub(crate) token: Bytes,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<super::TlsOptions>,
 }
 
 /// An endpoint after parsing: a fixed address, or a name to resolve on every reconnect.
@@ -148,6 +150,8 @@ impl ClientConfig {
             timeout: DEFAULT_TIMEOUT,
             backoff: Backoff::default(),
             token: Bytes::new(),
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
@@ -208,6 +212,15 @@ impl ClientConfig {
         self
     }
 
+    /// Speak TLS to every endpoint. The certificate each server shows must chain to the
+    /// configured CA and carry the endpoint's host name (or IP), unless
+    /// [`TlsOptions::server_name`](super::TlsOptions::server_name) names another.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, options: super::TlsOptions) -> Self {
+        self.tls = Some(options);
+        self
+    }
+
     /// Checks every setting and parses the endpoints, with a message naming what is wrong.
     pub(crate) fn validate(&self) -> Result<Vec<Target>, Error> {
         let bad = |msg: String| Err(Error::Config(msg));
@@ -251,7 +264,32 @@ impl ClientConfig {
                 self.token.len()
             ));
         }
-        self.endpoints.iter().map(|e| parse_endpoint(e)).collect()
+        let targets: Vec<Target> = self
+            .endpoints
+            .iter()
+            .map(|e| parse_endpoint(e))
+            .collect::<Result<_, _>>()?;
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            for target in &targets {
+                tls.name_for(&target.host())?;
+            }
+        }
+        Ok(targets)
+    }
+}
+
+#[cfg(feature = "tls")]
+impl Target {
+    /// The host part: the IP, or the name without its port. What a TLS certificate must name.
+    pub(crate) fn host(&self) -> String {
+        match self {
+            Target::Addr(addr) => addr.ip().to_string(),
+            Target::Name(name) => name
+                .rsplit_once(':')
+                .map_or(name.as_str(), |(host, _)| host)
+                .to_owned(),
+        }
     }
 }
 

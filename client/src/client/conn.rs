@@ -1,18 +1,26 @@
 //! One task per server connection: socket I/O only, no decisions.
 //!
-//! The task connects, sends HELLO and waits for the first reply under the connect timeout,
-//! then forwards every decoded frame to the driver and writes every request the driver hands
-//! it, batching whatever is queued into one flush. When the socket fails, the peer closes it,
+//! The task connects (and, with TLS, completes the handshake), sends HELLO and waits for the
+//! first reply, all under the connect timeout, then forwards every decoded frame to the
+//! driver and writes every request the driver hands it, batching whatever is queued into one flush. When the socket fails, the peer closes it,
 //! or the bytes stop being protocol, it reports why as its last event and ends. The driver
 //! ends it early by aborting the task, which closes the socket.
 
 use std::net::SocketAddr;
+#[cfg(feature = "tls")]
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::{timeout_at, Instant};
+#[cfg(feature = "tls")]
+use tokio_rustls::rustls::{pki_types::ServerName, ClientConfig};
+#[cfg(feature = "tls")]
+use tokio_rustls::TlsConnector;
 use tokio_util::codec::Framed;
 
 use super::Error;
@@ -52,6 +60,10 @@ pub(crate) struct ConnParams {
     pub addr: SocketAddr,
     pub hello: Request,
     pub connect_timeout: Duration,
+    /// The connector and the name to verify, or why there is none (a name no certificate
+    /// can carry), reported as this connection's failure. `None`: plaintext.
+    #[cfg(feature = "tls")]
+    pub tls: Option<Result<(Arc<ClientConfig>, ServerName<'static>), Error>>,
 }
 
 /// Starts a connection task reporting to `events` as `(id, event)`.
@@ -70,30 +82,88 @@ where
 async fn run<E>(
     id: ConnId,
     params: &ConnParams,
-    mut requests: mpsc::UnboundedReceiver<Request>,
+    requests: mpsc::UnboundedReceiver<Request>,
     events: &mpsc::Sender<E>,
 ) -> Error
 where
     E: From<(ConnId, ConnEvent)>,
 {
     let addr = params.addr;
-    let handshake = async {
-        let stream = TcpStream::connect(addr).await.map_err(|e| Error::Connect {
-            addr,
-            source: e.into(),
-        })?;
-        // LEASE frames are 13 bytes; Nagle would hold each one for an ACK.
-        let _ = stream.set_nodelay(true);
-        let mut framed = Framed::new(stream, ClientCodec);
+    let deadline = Instant::now() + params.connect_timeout;
+    let timed_out = || Error::ConnectTimeout {
+        addr,
+        timeout: params.connect_timeout,
+    };
+    let stream = match timeout_at(deadline, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            return Error::Connect {
+                addr,
+                source: e.into(),
+            }
+        }
+        Err(_) => return timed_out(),
+    };
+    // LEASE frames are 13 bytes; Nagle would hold each one for an ACK.
+    let _ = stream.set_nodelay(true);
+    #[cfg(feature = "tls")]
+    if let Some(tls) = &params.tls {
+        let (config, name) = match tls {
+            Ok(pair) => pair.clone(),
+            Err(e) => return e.clone(),
+        };
+        let connector = TlsConnector::from(config);
+        let stream = match timeout_at(deadline, connector.connect(name, stream)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                return super::tls::handshake_error(Error::Connect {
+                    addr,
+                    source: e.into(),
+                })
+            }
+            Err(_) => return timed_out(),
+        };
+        let framed = Framed::new(stream, ClientCodec);
+        return session(id, params, framed, deadline, requests, events).await;
+    }
+    session(
+        id,
+        params,
+        Framed::new(stream, ClientCodec),
+        deadline,
+        requests,
+        events,
+    )
+    .await
+}
+
+/// HELLO/WELCOME within the connect deadline, then frames and requests until the end.
+async fn session<S, E>(
+    id: ConnId,
+    params: &ConnParams,
+    mut framed: Framed<S, ClientCodec>,
+    deadline: Instant,
+    mut requests: mpsc::UnboundedReceiver<Request>,
+    events: &mpsc::Sender<E>,
+) -> Error
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    E: From<(ConnId, ConnEvent)>,
+{
+    let addr = params.addr;
+    let greeting = async {
         framed
             .send(params.hello.clone())
             .await
             .map_err(|e| codec_error(addr, e))?;
-        let first = next_frame(&mut framed, addr).await?;
-        Ok::<_, Error>((framed, first))
+        next_frame(&mut framed, addr).await
     };
-    let (mut framed, first) = match tokio::time::timeout(params.connect_timeout, handshake).await {
-        Ok(Ok(pair)) => pair,
+    let first = match timeout_at(deadline, greeting).await {
+        Ok(Ok(first)) => first,
+        // With TLS 1.3 a refused client certificate shows up here, after the handshake.
+        #[cfg(feature = "tls")]
+        Ok(Err(e)) => return super::tls::handshake_error(e),
+        #[cfg(not(feature = "tls"))]
         Ok(Err(e)) => return e,
         Err(_) => {
             return Error::ConnectTimeout {
@@ -130,8 +200,8 @@ where
 }
 
 /// Writes `first` and everything else already queued, then flushes once.
-async fn write_batch(
-    framed: &mut Framed<TcpStream, ClientCodec>,
+async fn write_batch<S: AsyncWrite + Unpin>(
+    framed: &mut Framed<S, ClientCodec>,
     first: Request,
     queued: &mut mpsc::UnboundedReceiver<Request>,
 ) -> Result<(), CodecError> {
@@ -142,8 +212,8 @@ async fn write_batch(
     framed.flush().await
 }
 
-async fn next_frame(
-    framed: &mut Framed<TcpStream, ClientCodec>,
+async fn next_frame<S: AsyncRead + Unpin>(
+    framed: &mut Framed<S, ClientCodec>,
     addr: SocketAddr,
 ) -> Result<Response, Error> {
     match framed.next().await {

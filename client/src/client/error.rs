@@ -51,8 +51,19 @@ pub enum Error {
         #[source]
         source: Arc<std::io::Error>,
     },
-    /// Connecting and the HELLO/WELCOME exchange did not finish in time.
-    #[error("connecting to {addr} (TCP and HELLO/WELCOME) took longer than {timeout:?}")]
+    /// The TLS handshake failed for a reason on one side's configuration: the server's
+    /// certificate is not trusted or not for this name, the server refused our client
+    /// certificate, or the peer does not speak TLS. Not retryable: it fails the same way
+    /// until a certificate or a setting changes.
+    #[error("TLS with {addr} failed: {reason}")]
+    Tls {
+        /// The server's address.
+        addr: SocketAddr,
+        /// rustls's reason.
+        reason: String,
+    },
+    /// Connecting (TCP, TLS if on, HELLO/WELCOME) did not finish in time.
+    #[error("connecting to {addr} (TCP, TLS and HELLO/WELCOME) took longer than {timeout:?}")]
     ConnectTimeout {
         /// The server's address.
         addr: SocketAddr,
@@ -133,6 +144,7 @@ impl Error {
             | Error::NoRuntime
             | Error::Runtime(_)
             | Error::Protocol { .. }
+            | Error::Tls { .. }
             | Error::Closed => false,
             Error::Server { code, .. } => code.is_retryable(),
             Error::Resolve { .. }
@@ -172,6 +184,11 @@ mod tests {
             message: String::new(),
         };
         assert!(!unauthorized.is_retryable());
+        let untrusted = Error::Tls {
+            addr,
+            reason: "invalid peer certificate: UnknownIssuer".into(),
+        };
+        assert!(!untrusted.is_retryable());
     }
 
     #[test]

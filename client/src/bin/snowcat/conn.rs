@@ -1,6 +1,7 @@
-//! One TCP connection to a server, frame by frame.
+//! One connection to a server, frame by frame: TCP, or TLS over TCP with `--tls`.
 //!
-//! Bytes arrive from the socket into a read buffer; [`FrameReader::next_frame`] splits one
+//! [`connect`] resolves, connects and (with `--tls`) completes the handshake, then splits the
+//! stream into halves. Bytes arrive from the socket into a read buffer; [`FrameReader::next_frame`] splits one
 //! response off its front with [`wire::decode_response`] and hands back both the decoded
 //! [`Response`] and the exact bytes it came from (for `--hex`). Requests go out through
 //! [`FrameWriter::send`] as whole encoded frames. Every wait is bounded by the caller's
@@ -10,14 +11,18 @@ use std::io;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
 use snowlease::wire::{self, Request, Response, Welcome, LEN_PREFIX, MAX_FRAME_LEN};
 
-use crate::Failure;
+use crate::{Common, Failure};
+
+/// The read half of a TCP or TLS stream.
+type ReadHalf = Box<dyn AsyncRead + Unpin + Send>;
+/// The write half of a TCP or TLS stream.
+type WriteHalf = Box<dyn AsyncWrite + Unpin + Send>;
 
 /// A decoded reply and the bytes it was decoded from.
 pub struct Frame {
@@ -51,18 +56,92 @@ pub enum ReadError {
 
 /// The read half: a socket and the bytes read but not yet decoded.
 pub struct FrameReader {
-    stream: OwnedReadHalf,
+    stream: ReadHalf,
     buf: BytesMut,
 }
 
 /// The write half.
 pub struct FrameWriter {
-    stream: OwnedWriteHalf,
+    stream: WriteHalf,
 }
 
-/// Resolves `addr` and connects to the first address that answers, all within `timeout`.
-pub async fn connect(addr: &str, timeout: Duration) -> Result<(FrameReader, FrameWriter), Failure> {
+/// Resolves `--addr`, connects to the first address that answers and, with `--tls`, completes
+/// the handshake, all within `timeout`.
+pub async fn connect(
+    common: &Common,
+    timeout: Duration,
+) -> Result<(FrameReader, FrameWriter), Failure> {
     let deadline = Instant::now() + timeout;
+    let addr = common.addr.as_str();
+    let stream = connect_tcp(addr, timeout, deadline).await?;
+    let (read, write): (ReadHalf, WriteHalf) = if common.tls {
+        let (read, write) = tokio::io::split(tls(common, stream, deadline).await?);
+        (Box::new(read), Box::new(write))
+    } else {
+        let (read, write) = stream.into_split();
+        (Box::new(read), Box::new(write))
+    };
+    let reader = FrameReader {
+        stream: read,
+        buf: BytesMut::with_capacity(8 * 1024),
+    };
+    Ok((reader, FrameWriter { stream: write }))
+}
+
+#[cfg(feature = "tls")]
+async fn tls(
+    common: &Common,
+    stream: TcpStream,
+    deadline: Instant,
+) -> Result<snowlease::tokio_rustls::client::TlsStream<TcpStream>, Failure> {
+    use snowlease::client::TlsOptions;
+    let Some(ca) = &common.tls_ca else {
+        return Err(Failure::Usage("--tls needs --tls-ca FILE".into()));
+    };
+    let mut options = TlsOptions::ca_file(ca);
+    if let Some(name) = &common.tls_server_name {
+        options = options.server_name(name);
+    }
+    if let (Some(cert), Some(key)) = (&common.tls_cert, &common.tls_key) {
+        options = options.client_identity(cert, key);
+    }
+    let host = common
+        .addr
+        .rsplit_once(':')
+        .map_or(common.addr.as_str(), |(host, _)| host);
+    let name = options
+        .name_for(host)
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+    let connector = options
+        .connector()
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+    match timeout_at(deadline, connector.connect(name, stream)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => Err(Failure::Connect(format!(
+            "TLS handshake with {} failed: {e}",
+            common.addr
+        ))),
+        Err(_) => Err(Failure::Connect(format!(
+            "TLS handshake with {} timed out",
+            common.addr
+        ))),
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+async fn tls(_: &Common, stream: TcpStream, _: Instant) -> Result<TcpStream, Failure> {
+    drop(stream);
+    Err(Failure::Usage(
+        "this snowcat was built without the `tls` feature".into(),
+    ))
+}
+
+/// Connects to the first address `addr` resolves to that answers.
+async fn connect_tcp(
+    addr: &str,
+    timeout: Duration,
+    deadline: Instant,
+) -> Result<TcpStream, Failure> {
     let addrs = match timeout_at(deadline, tokio::net::lookup_host(addr)).await {
         Ok(Ok(addrs)) => addrs.collect::<Vec<_>>(),
         Ok(Err(e)) => return Err(Failure::Connect(format!("cannot resolve {addr:?}: {e}"))),
@@ -74,12 +153,7 @@ pub async fn connect(addr: &str, timeout: Duration) -> Result<(FrameReader, Fram
             Ok(Ok(stream)) => {
                 // Requests are tiny and latency is what ping and the netcat mode show.
                 stream.set_nodelay(true).ok();
-                let (read, write) = stream.into_split();
-                let reader = FrameReader {
-                    stream: read,
-                    buf: BytesMut::with_capacity(8 * 1024),
-                };
-                return Ok((reader, FrameWriter { stream: write }));
+                return Ok(stream);
             }
             Ok(Err(e)) => last_error = format!("cannot connect to {sockaddr}: {e}"),
             Err(_) => {
@@ -141,9 +215,13 @@ fn frame_len(buf: &[u8]) -> Option<usize> {
 }
 
 impl FrameWriter {
-    /// Writes already-encoded frames.
+    /// Writes already-encoded frames and flushes them (TLS holds records until a flush).
     pub async fn send(&mut self, bytes: &[u8], deadline: Instant) -> io::Result<()> {
-        match timeout_at(deadline, self.stream.write_all(bytes)).await {
+        let write = async {
+            self.stream.write_all(bytes).await?;
+            self.stream.flush().await
+        };
+        match timeout_at(deadline, write).await {
             Ok(result) => result,
             Err(_) => Err(io::Error::new(
                 io::ErrorKind::TimedOut,

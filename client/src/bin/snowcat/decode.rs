@@ -103,7 +103,7 @@ pub async fn run(common: &Common, args: &DecodeArgs) -> Result<(), Failure> {
 
 async fn ask_layout(common: &Common) -> Result<Layout, Failure> {
     let timeout = common.timeout();
-    let (mut reader, mut writer) = conn::connect(&common.addr, timeout).await?;
+    let (mut reader, mut writer) = conn::connect(common, timeout).await?;
     let welcome =
         conn::handshake(&mut reader, &mut writer, common.token.as_deref(), timeout).await?;
     crate::format::welcome_layout(&welcome).ok_or_else(|| {

@@ -36,7 +36,7 @@ pub struct PingArgs {
 /// Runs `snowcat info`.
 pub async fn run_info(common: &Common, args: &InfoArgs) -> Result<(), Failure> {
     let timeout = common.timeout();
-    let (mut reader, mut writer) = conn::connect(&common.addr, timeout).await?;
+    let (mut reader, mut writer) = conn::connect(common, timeout).await?;
     let sent_at_ms = unix_ms_now();
     let welcome =
         conn::handshake(&mut reader, &mut writer, common.token.as_deref(), timeout).await?;
@@ -99,7 +99,7 @@ fn info_json(addr: &str, w: &Welcome, skew_ms: i64) -> String {
 /// one refuses anything else first); otherwise the PINGs are the whole conversation.
 pub async fn run_ping(common: &Common, args: &PingArgs) -> Result<(), Failure> {
     let timeout = common.timeout();
-    let (mut reader, mut writer) = conn::connect(&common.addr, timeout).await?;
+    let (mut reader, mut writer) = conn::connect(common, timeout).await?;
     if common.token.is_some() {
         conn::handshake(&mut reader, &mut writer, common.token.as_deref(), timeout).await?;
     }

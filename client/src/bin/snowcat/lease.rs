@@ -80,7 +80,7 @@ impl Pipeline {
 /// Runs `snowcat lease`.
 pub async fn run(common: &Common, args: &LeaseArgs) -> Result<(), Failure> {
     let timeout = common.timeout();
-    let (mut reader, mut writer) = conn::connect(&common.addr, timeout).await?;
+    let (mut reader, mut writer) = conn::connect(common, timeout).await?;
     let welcome =
         conn::handshake(&mut reader, &mut writer, common.token.as_deref(), timeout).await?;
     if welcome.max_lease == 0 {

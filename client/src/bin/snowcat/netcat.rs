@@ -250,7 +250,7 @@ impl Session {
 /// Runs the stdin mode.
 pub async fn run(common: &Common, hex: bool) -> Result<(), Failure> {
     let timeout = common.timeout();
-    let (mut reader, mut writer) = conn::connect(&common.addr, timeout).await?;
+    let (mut reader, mut writer) = conn::connect(common, timeout).await?;
     let mut lines = spawn_stdin_reader();
     let mut session = Session {
         layout: Layout::DEFAULT,

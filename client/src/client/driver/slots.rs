@@ -229,10 +229,21 @@ impl Driver {
     fn connect(&mut self, index: usize) {
         let id = self.next_conn_id;
         self.next_conn_id += 1;
+        let slot = &self.slots[index];
         let params = ConnParams {
-            addr: self.slots[index].addr,
+            addr: slot.addr,
             hello: self.hello.clone(),
             connect_timeout: self.config.connect_timeout,
+            #[cfg(feature = "tls")]
+            tls: self.config.tls.as_ref().map(|tls| {
+                // The name the endpoint was configured with, so a certificate for a Service
+                // name matches every pod address it resolves to.
+                let host = match &self.endpoints[slot.endpoint].target {
+                    Target::Name(_) => self.endpoints[slot.endpoint].target.host(),
+                    Target::Addr(_) => slot.addr.ip().to_string(),
+                };
+                Ok((tls.rustls_config()?, tls.name_for(&host)?))
+            }),
         };
         let handle = conn::spawn(id, params, self.events_tx.clone());
         self.slots[index].state = SlotState::Live(Conn {
