@@ -195,6 +195,7 @@ create_pod_netns() {
     ns=$(pod_ns "$i"); ip=$(pod_ip "$i")
     ip netns add "$ns"
     ip -n "$ns" link set lo up
+    ip -n "$NODE" link del "p$i" 2>/dev/null || true
     ip -n "$NODE" link add "p$i" type veth peer name eth0 netns "$ns"
     ip -n "$NODE" link set "p$i" master br0
     ip -n "$NODE" link set "p$i" up
@@ -241,6 +242,10 @@ scale_down() {
         wait_pid_exit "${POD_PID[$i]}" 30 || rc=$?
         [[ $rc -eq 0 ]] || failed "pod $i exited with $rc after SIGTERM (want 0)"
         unset "POD_PID[$i]"
+        # Delete the veth pair from the node side first: that is synchronous, while the pair
+        # going away with the namespace happens later in the kernel's netns cleanup, and a
+        # quick scale-up would then find "p$i" still there (RTNETLINK: File exists).
+        ip -n "$NODE" link del "p$i" 2>/dev/null || true
         ip netns del "$(pod_ns "$i")"
     done
 }

@@ -284,6 +284,9 @@ fn info(shared: &Shared) -> serde_json::Value {
         "ready": shared.ready.load(Ordering::Acquire),
         "threads": shared.config.threads,
         "state_dir": shared.config.state_dir.as_ref().map(|p| p.display().to_string()),
+        "token_required": shared.token.is_some(),
+        "tls": shared.tls.is_some(),
+        "mutual_tls": shared.tls.as_ref().is_some_and(|t| t.paths().client_ca.is_some()),
     })
 }
 

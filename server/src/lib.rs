@@ -59,7 +59,7 @@ pub const CLAIM_HORIZON_MS: u64 = 1_000;
 /// client that already sent data) at once, per core. A flood past it gets a hard close: the
 /// descriptors a flood can pin stay within the cap plus this, well under the default
 /// RLIMIT_NOFILE of the StatefulSet (1,048,576) and the 20,000 the hostile suite allows.
-const TURNING_AWAY_MAX: usize = 512;
+pub const TURNING_AWAY_MAX: usize = 512;
 
 /// Accepts between yields to the connection tasks on the same core (see `accept_loop`).
 const ACCEPTS_PER_YIELD: u32 = 16;

@@ -24,7 +24,7 @@ fn main() -> ExitCode {
     if config.worker_source == WorkerSource::Default {
         tracing::warn!("no WORKER_ID, POD_NAME or hostname ordinal: running as worker 0. Fine for a single server; give every other server its own WORKER_ID");
     }
-    check_nofile(config.max_connections);
+    check_nofile(config.max_connections, config.threads);
     // Signal handlers go in before the server reports it is serving, so a SIGTERM that
     // follows the start line at once still drains instead of killing the process.
     let signals = match Signals::install() {
@@ -48,15 +48,21 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Descriptors needed besides the lease connections: turned-away connections lingering
-/// (512 per core), admin connections (64), listeners, the state file and the log.
-const NOFILE_HEADROOM: u64 = 4_096;
+/// Descriptors needed besides the lease connections, per the bounds the server keeps:
+/// turned-away connections lingering (per core), admin connections, and a few more for the
+/// listeners, the state file, the log and the runtime.
+fn nofile_wanted(max_connections: usize, threads: usize) -> u64 {
+    let others = snowlease_server::TURNING_AWAY_MAX * threads
+        + snowlease_server::admin::MAX_ADMIN_CONNECTIONS
+        + 64;
+    (max_connections.saturating_add(others)) as u64
+}
 
 /// Raises the soft open-file limit towards the hard one so the connection cap, not EMFILE, is
 /// what a flood meets (a descriptor shortage stalls accepts on both ports, liveness probe
 /// included). Warns when even the hard limit is too low; never refuses to start over it.
-fn check_nofile(max_connections: usize) {
-    let want = (max_connections as u64).saturating_add(NOFILE_HEADROOM);
+fn check_nofile(max_connections: usize, threads: usize) {
+    let want = nofile_wanted(max_connections, threads);
     let soft = match rlimit::increase_nofile_limit(want) {
         Ok(soft) => soft,
         Err(e) => {

@@ -478,6 +478,8 @@ async fn admin_endpoints_report_health_readiness_metrics_and_ids() {
     let v: serde_json::Value = serde_json::from_str(&info).expect("json");
     assert_eq!(v["worker_id"], 9);
     assert_eq!(v["max_lease"], 4096);
+    assert_eq!(v["tls"], false);
+    assert_eq!(v["token_required"], false);
     assert_eq!(http_get(a, "/nope").await.0, 404);
 }
 

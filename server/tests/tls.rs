@@ -282,6 +282,15 @@ async fn tls_clients_get_unique_ids_over_the_unchanged_protocol() {
     }
     assert!(seen.len() >= 4 * 50);
     assert_eq!(handshake_failures(&s), 0);
+    // The admin port stays plain HTTP and says the lease port is TLS.
+    let mut http = TcpStream::connect(s.admin_addr()).await.unwrap();
+    http.write_all(b"GET /info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut info = String::new();
+    http.read_to_string(&mut info).await.unwrap();
+    assert!(info.contains("\"tls\":true,"), "{info}");
+    assert!(info.contains("\"mutual_tls\":false"), "{info}");
 }
 
 #[tokio::test]

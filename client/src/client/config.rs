@@ -34,6 +34,14 @@ pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(1);
 /// 1 ms), and below 10 ms that timer would be coarser than the age it enforces.
 pub const MIN_MAX_AGE: Duration = Duration::from_millis(10);
 
+/// Default [`ClientConfig::resolve_interval`]: 30 s. A scale-up of a headless Service is
+/// noticed within 30 s, at the cost of one DNS query per name per 30 s.
+pub const DEFAULT_RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Smallest accepted [`ClientConfig::resolve_interval`]: 1 s, so a client cannot turn itself
+/// into a load on the cluster's DNS.
+pub const MIN_RESOLVE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Default [`ClientConfig::max_in_flight`]: 16 LEASEs per connection. 16 x 4,096 IDs per
 /// round trip at a 1 ms in-cluster RTT is 65 M IDs/s, 16 times what one server can issue, so
 /// the cap never limits throughput, while a stalled server holds at most 16 requests.
@@ -116,6 +124,7 @@ pub struct ClientConfig {
     pub(crate) request_timeout: Duration,
     pub(crate) timeout: Duration,
     pub(crate) backoff: Backoff,
+    pub(crate) resolve_interval: Duration,
     pub(crate) token: Bytes,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<super::TlsOptions>,
@@ -149,6 +158,7 @@ impl ClientConfig {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             timeout: DEFAULT_TIMEOUT,
             backoff: Backoff::default(),
+            resolve_interval: DEFAULT_RESOLVE_INTERVAL,
             token: Bytes::new(),
             #[cfg(feature = "tls")]
             tls: None,
@@ -206,6 +216,14 @@ impl ClientConfig {
         self
     }
 
+    /// How often a name is resolved again while its connections are healthy, so servers
+    /// added behind it (a StatefulSet scaled up behind a headless Service) get connections.
+    /// Lost connections re-resolve at once whatever this says. At least 1 s.
+    pub fn resolve_interval(mut self, every: Duration) -> Self {
+        self.resolve_interval = every;
+        self
+    }
+
     /// Shared secret sent in HELLO (at most 255 bytes).
     pub fn token(mut self, token: impl Into<Bytes>) -> Self {
         self.token = token.into();
@@ -234,6 +252,12 @@ impl ClientConfig {
             return bad(format!(
                 "low_water ({}) must not exceed buffer_capacity ({})",
                 self.low_water, self.buffer_capacity
+            ));
+        }
+        if self.resolve_interval < MIN_RESOLVE_INTERVAL {
+            return bad(format!(
+                "resolve_interval must be at least {MIN_RESOLVE_INTERVAL:?}, got {:?}",
+                self.resolve_interval
             ));
         }
         if self.max_age < MIN_MAX_AGE {
@@ -370,6 +394,10 @@ mod tests {
             (base().buffer_capacity(0), "buffer_capacity"),
             (base().buffer_capacity(10).low_water(11), "low_water"),
             (base().max_age(Duration::from_millis(1)), "max_age"),
+            (
+                base().resolve_interval(Duration::from_millis(10)),
+                "resolve_interval",
+            ),
             (base().max_in_flight(0), "max_in_flight"),
             (base().timeout(Duration::ZERO), "timeout must"),
             (base().token(vec![0u8; 256]), "token"),

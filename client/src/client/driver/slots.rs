@@ -9,7 +9,6 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -20,11 +19,6 @@ use crate::client::config::Target;
 use crate::client::conn::{self, ConnHandle, ConnId, ConnParams};
 use crate::client::shared::lock;
 use crate::client::{Error, IdRange};
-
-/// How often a name is re-resolved while its connections are healthy: 30 s. Lost
-/// connections re-resolve at once; this only bounds how long a scale-up of a headless
-/// Service goes unnoticed, at the cost of one DNS query per name per 30 s.
-const RESOLVE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// A configured endpoint.
 #[derive(Debug)]
@@ -212,7 +206,7 @@ impl Driver {
             }
         };
         ep.failures = 0;
-        ep.next_resolve = now + RESOLVE_INTERVAL;
+        ep.next_resolve = now + self.config.resolve_interval;
         for slot in self.slots.iter_mut().filter(|s| s.endpoint == index) {
             slot.listed = addrs.contains(&slot.addr);
         }
