@@ -725,6 +725,32 @@ fn clients_that_never_read_are_dropped_while_memory_stays_flat_and_others_are_se
 }
 
 #[test]
+fn an_idle_connection_costs_a_few_kib_of_server_memory() {
+    const CONNS: usize = 2_000;
+    // Measured 2,061 B per idle connection (10,000 welcomed connections); a task that carried
+    // the TLS branch's state inline cost 5,648 B, so this bound catches that kind of growth.
+    const PER_CONN_BYTES: u64 = 3_500;
+    let s = Server::start(&[]);
+    let base = s.rss_kib();
+    let mut idle = Vec::with_capacity(CONNS);
+    for _ in 0..CONNS {
+        let mut c = s.connect();
+        c.request(&hello(b""));
+        assert!(matches!(c.reply(), Some(Response::Welcome(_))));
+        idle.push(c);
+    }
+    let rss = s.rss_kib();
+    let per_conn = rss.saturating_sub(base) * 1024 / CONNS as u64;
+    eprintln!("{CONNS} idle connections: server RSS {base} -> {rss} KiB, {per_conn} B each");
+    assert!(
+        per_conn <= PER_CONN_BYTES,
+        "{per_conn} B per idle connection"
+    );
+    drop(idle);
+    s.check_healthy("idle connections");
+}
+
+#[test]
 fn a_pipelined_burst_leaves_a_bounded_amount_of_memory_per_connection() {
     const CONNS: usize = 1_000;
     const BURST: u32 = 1_024;
