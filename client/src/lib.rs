@@ -1,8 +1,9 @@
 //! snowlease: unique, time-sortable 64-bit IDs leased from a server in blocks.
 //!
 //! # Layout
-//! - [`layout`] and [`wire`] are pure: bit arithmetic and the frame codec, no I/O. The server,
-//!   this client, snowcat and the fuzz targets all share them.
+//! - [`layout`] and [`wire`] are pure: bit arithmetic and the frame codec, no I/O. They live in
+//!   the crate `snowlease-proto` (re-exported here unchanged), which the server, snowcat and
+//!   the fuzz targets share without compiling this client.
 //! - [`codec`] adapts the wire functions to tokio-util's `Decoder`/`Encoder`.
 //! - [`client`] is the buffered client: a background task leases blocks over TCP ahead of
 //!   demand and [`Client::next_id`] pops from a local buffer; optionally over TLS
@@ -10,8 +11,8 @@
 
 pub mod client;
 pub mod codec;
-pub mod layout;
-pub mod wire;
+
+pub use snowlease_proto::{layout, wire};
 
 pub use client::{BlockingClient, Client, ClientConfig, Error, IdRange};
 pub use layout::{Layout, Parts};

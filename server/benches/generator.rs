@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use criterion::{criterion_main, Criterion, Throughput};
-use snowlease::Layout;
+use snowlease_proto::Layout;
 use snowlease_server::generator::{Generator, MonotonicClock};
 
 fn generator() -> Arc<Generator<MonotonicClock>> {

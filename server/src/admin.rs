@@ -235,10 +235,10 @@ pub fn gauges(shared: &Shared) -> Gauges {
     let g = &shared.generator;
     let layout = g.layout();
     let wall_tick = layout
-        .tick_at(snowlease::layout::unix_ms_now())
+        .tick_at(snowlease_proto::layout::unix_ms_now())
         .unwrap_or(0) as i64;
     let last_tick = g.next_tick() as i64;
-    let now_unix = snowlease::layout::unix_ms_now();
+    let now_unix = snowlease_proto::layout::unix_ms_now();
     Gauges {
         worker_id: g.worker(),
         layout: format!(
@@ -247,7 +247,7 @@ pub fn gauges(shared: &Shared) -> Gauges {
             layout.worker_bits(),
             layout.sequence_bits()
         ),
-        epoch: snowlease::layout::format_unix_ms(layout.epoch_unix_ms()),
+        epoch: snowlease_proto::layout::format_unix_ms(layout.epoch_unix_ms()),
         borrowed_ticks: g.borrowed_ticks(),
         lead_ms: g.lead_ms(),
         wall_lead_ms: (last_tick - wall_tick).max(0),
@@ -269,14 +269,14 @@ fn info(shared: &Shared) -> serde_json::Value {
     serde_json::json!({
         "worker_id": g.worker(),
         "version": env!("CARGO_PKG_VERSION"),
-        "protocol_version": snowlease::wire::VERSION,
+        "protocol_version": snowlease_proto::wire::VERSION,
         "epoch_unix_ms": layout.epoch_unix_ms(),
-        "epoch": snowlease::layout::format_unix_ms(layout.epoch_unix_ms()),
+        "epoch": snowlease_proto::layout::format_unix_ms(layout.epoch_unix_ms()),
         "timestamp_bits": layout.timestamp_bits(),
         "worker_bits": layout.worker_bits(),
         "sequence_bits": layout.sequence_bits(),
         "max_lease": layout.max_lease(),
-        "end_of_life": snowlease::layout::format_unix_ms(layout.end_of_life_unix_ms()),
+        "end_of_life": snowlease_proto::layout::format_unix_ms(layout.end_of_life_unix_ms()),
         "max_lead_ms": g.max_lead(),
         "lead_ms": g.lead_ms(),
         "ids_issued": shared.metrics.ids_issued(),

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
-use snowlease::wire::MAX_TOKEN_LEN;
+use snowlease_proto::wire::MAX_TOKEN_LEN;
 
 /// The current token and where it comes from.
 #[derive(Debug)]

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use snowlease::layout::parse_epoch;
-use snowlease::Layout;
+use snowlease_proto::layout::parse_epoch;
+use snowlease_proto::Layout;
 
 /// Default lease port.
 pub const DEFAULT_PORT: u16 = 7609;

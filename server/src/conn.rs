@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use snowlease::wire::{self, goaway, ErrorCode, Request, Response, Welcome};
+use snowlease_proto::wire::{self, goaway, ErrorCode, Request, Response, Welcome};
 
 use crate::generator::Refusal;
 use crate::metrics::{CoreMetrics, Outcome};
@@ -223,7 +223,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             worker_bits: layout.worker_bits(),
             sequence_bits: layout.sequence_bits(),
             max_lease: layout.max_lease(),
-            server_unix_ms: snowlease::layout::unix_ms_now(),
+            server_unix_ms: snowlease_proto::layout::unix_ms_now(),
         })
         .encode(&mut self.wbuf);
         Flow::Continue
@@ -286,7 +286,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
                 }
                 Err(Refusal::Exhausted) => {
                     self.metrics.lease(Outcome::Unavailable, 0);
-                    let eol = snowlease::layout::format_unix_ms(
+                    let eol = snowlease_proto::layout::format_unix_ms(
                         self.shared.generator.layout().end_of_life_unix_ms(),
                     );
                     self.error(

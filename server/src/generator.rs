@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_utils::CachePadded;
-use snowlease::layout::unix_ms_now;
-use snowlease::Layout;
+use snowlease_proto::layout::unix_ms_now;
+use snowlease_proto::Layout;
 
 /// A source of Unix milliseconds for the generator.
 pub trait Clock: Send + Sync + 'static {
@@ -443,7 +443,7 @@ mod tests {
         }
     }
 
-    const T0: u64 = snowlease::layout::DEFAULT_EPOCH_UNIX_MS + 1_000_000;
+    const T0: u64 = snowlease_proto::layout::DEFAULT_EPOCH_UNIX_MS + 1_000_000;
 
     fn generator(clock: &Arc<ManualClock>, max_lead: u64) -> Generator<Arc<ManualClock>> {
         Generator::new(Layout::DEFAULT, 5, max_lead, 0, clock.clone()).unwrap()

@@ -206,7 +206,7 @@ pub fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     };
     let mark_unix_ms = previous.map(|tick| layout.epoch_unix_ms().saturating_add(tick));
     let clock = Arc::new(MonotonicClock::at_least(mark_unix_ms.unwrap_or(0)));
-    let wall_ms = snowlease::layout::unix_ms_now();
+    let wall_ms = snowlease_proto::layout::unix_ms_now();
     if let Some(mark) = mark_unix_ms.filter(|m| *m > wall_ms) {
         tracing::warn!(
             lead_ms = mark - wall_ms,
@@ -319,9 +319,9 @@ fn check_lifetime(config: &ServerConfig) -> Result<(), StartError> {
     let layout = config.layout;
     let left_ms = layout
         .end_of_life_unix_ms()
-        .saturating_sub(snowlease::layout::unix_ms_now()) as f64;
+        .saturating_sub(snowlease_proto::layout::unix_ms_now()) as f64;
     let years = left_ms / YEAR_MS;
-    let eol = snowlease::layout::format_unix_ms(layout.end_of_life_unix_ms());
+    let eol = snowlease_proto::layout::format_unix_ms(layout.end_of_life_unix_ms());
     if years < config.min_years_left {
         return Err(config::ConfigError::Invalid(format!(
             "the layout's timestamp field runs out at {eol}, {years:.2} years from now, under the minimum of {} years (--min-years-left); choose a later epoch or more timestamp bits",
@@ -342,8 +342,8 @@ fn log_start(shared: &Shared, lease_addr: SocketAddr, admin_addr: SocketAddr) {
         worker_id = c.worker_id,
         worker_source = ?c.worker_source,
         layout = format!("{}/{}/{}", l.timestamp_bits(), l.worker_bits(), l.sequence_bits()),
-        epoch = %snowlease::layout::format_unix_ms(l.epoch_unix_ms()),
-        end_of_life = %snowlease::layout::format_unix_ms(l.end_of_life_unix_ms()),
+        epoch = %snowlease_proto::layout::format_unix_ms(l.epoch_unix_ms()),
+        end_of_life = %snowlease_proto::layout::format_unix_ms(l.end_of_life_unix_ms()),
         %lease_addr,
         %admin_addr,
         threads = c.threads,
@@ -494,7 +494,7 @@ async fn accept_loop(
             }
             Err(_) => {
                 metrics.rejected();
-                metrics.frame_error(snowlease::wire::ErrorCode::OVERLOADED);
+                metrics.frame_error(snowlease_proto::wire::ErrorCode::OVERLOADED);
                 // Not tracked: shutdown need not wait for a connection being turned away,
                 // and the task ends by itself within its linger. Past TURNING_AWAY_MAX at once
                 // (a flood), the frame is written if it fits and the socket closed at once,

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
-use snowlease::wire::ErrorCode;
+use snowlease_proto::wire::ErrorCode;
 
 /// Lease outcomes, the `outcome` label of `snowlease_leases_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use snowlease::Layout;
+use snowlease_proto::Layout;
 
 /// File name inside the state directory.
 pub const STATE_FILE: &str = "snowlease.state";
@@ -188,8 +188,8 @@ impl StateStore {
         if record.layout.epoch_unix_ms() != layout.epoch_unix_ms() {
             return Err(mismatch(
                 "epoch",
-                snowlease::layout::format_unix_ms(record.layout.epoch_unix_ms()),
-                snowlease::layout::format_unix_ms(layout.epoch_unix_ms()),
+                snowlease_proto::layout::format_unix_ms(record.layout.epoch_unix_ms()),
+                snowlease_proto::layout::format_unix_ms(layout.epoch_unix_ms()),
             ));
         }
         if record.layout != layout {

@@ -13,17 +13,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-#[path = "snowcat/conn.rs"]
 mod conn;
-#[path = "snowcat/decode.rs"]
 mod decode;
-#[path = "snowcat/format.rs"]
 mod format;
-#[path = "snowcat/info.rs"]
 mod info;
-#[path = "snowcat/lease.rs"]
 mod lease;
-#[path = "snowcat/netcat.rs"]
 mod netcat;
 
 /// Talk to a snowlease server: lease IDs, inspect it, decode IDs, or type frames by hand.
