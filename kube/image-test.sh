@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the snowlease-server container image and proves it works: a private dockerd (no bridge,
 # no iptables, its own socket and state under a temp dir), a static glibc binary built on the
-# host, `docker build --target runtime-prebuilt` (FROM scratch, registries are not needed), then
+# host, `kube/image-build.sh --builder docker` (kube/Dockerfile --target runtime-prebuilt, FROM
+# scratch, registries are not needed; also saves the archive for `k3s ctr images import`), then
 # the container is run on loopback ports with the pod's security settings (read-only root, all
 # capabilities dropped, uid 65532), IDs are leased with snowcat and decoded, SIGTERM must give
 # exit code 0, and the image size is printed.
@@ -21,7 +22,7 @@ while [[ $# -gt 0 ]]; do
     case $1 in
         --static-bin) STATIC_BIN=$2; shift 2 ;;
         --snowcat) SNOWCAT=$2; shift 2 ;;
-        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { print }' "$0"; exit 0 ;;
         *) echo "image-test.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -88,7 +89,7 @@ build_binaries() {
     fi
     if [[ -z $SNOWCAT ]]; then
         log "building snowcat"
-        (cd "$ROOT" && timeout 1800 cargo build --release -p snowlease --bin snowcat)
+        (cd "$ROOT" && timeout 1800 cargo build --release --bin snowcat)
         SNOWCAT=$TARGET_DIR/release/snowcat
     fi
     # FROM scratch has no libc: the binary must not need a dynamic loader.
@@ -99,16 +100,13 @@ build_binaries() {
 }
 
 build_image() {
-    mkdir -p "$WORK/ctx"
-    # As the Dockerfile's build stage does: drop debug line tables, keep symbols.
-    if command -v strip >/dev/null; then
-        strip --strip-debug -o "$WORK/ctx/snowlease-server" "$STATIC_BIN"
-    else
-        cp "$STATIC_BIN" "$WORK/ctx/snowlease-server"
-    fi
-    log "docker build --target runtime-prebuilt"
-    DOCKER_BUILDKIT=1 timeout 300 "$DOCKER" -H "unix://$SOCK" build -q -f "$KUBE_DIR/Dockerfile" \
-        --target runtime-prebuilt -t "$IMAGE" "$WORK/ctx" >/dev/null
+    # The documented Docker path of kube/README.md: image-build.sh --builder docker, which strips
+    # the binary and builds kube/Dockerfile's runtime-prebuilt target; and its archive for
+    # `k3s ctr images import`.
+    DOCKER=$DOCKER DOCKER_HOST="unix://$SOCK" "$KUBE_DIR/image-build.sh" --builder docker \
+        --static-bin "$STATIC_BIN" --image "$IMAGE" --archive "$WORK/snowlease.tar"
+    tar -xOf "$WORK/snowlease.tar" manifest.json | grep -q "\"$IMAGE\"" \
+        || { echo "image-test.sh: the archive does not name $IMAGE" >&2; exit 1; }
 }
 
 free_port() {

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Measures what one snowlease pod needs at its ceiling (4,096,000 IDs/s, one worker), to size
+# the StatefulSet's CPU and memory requests: the server runs with one serving thread pinned to
+# CPU 0, snowlease-bench drives it from CPU 1, and the server's own CPU time (utime + stime from
+# /proc/PID/stat) and peak RSS (VmHWM) are read before and after the measured window.
+#
+# Usage: kube/pod-cpu.sh [--server-bin PATH] [--bench PATH] [--duration S] [--mode raw|client]
+#                        [--batch N]
+#   Defaults: $SNOWLEASE_SERVER_BIN or target/release/snowlease-server, the bench beside it,
+#   10 s, both modes one after the other (raw: 4 connections x depth 8, --batch IDs per LEASE,
+#   4096; client: 4 tasks calling Client::next_id()).
+# Prints one line per mode: IDs/s, server CPU seconds per wall second (= cores), CPU per
+# million IDs, peak RSS. Traffic stays on 127.0.0.1; the server is stopped on any exit.
+set -euo pipefail
+
+KUBE_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$KUBE_DIR/.." && pwd)
+SERVER_BIN=${SNOWLEASE_SERVER_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/snowlease-server}
+BENCH=
+DURATION=10
+BATCH=4096
+MODES=(raw client)
+while [[ $# -gt 0 ]]; do
+    case $1 in
+        --server-bin) SERVER_BIN=$2; shift 2 ;;
+        --bench) BENCH=$2; shift 2 ;;
+        --duration) DURATION=$2; shift 2 ;;
+        --mode) MODES=("$2"); shift 2 ;;
+        --batch) BATCH=$2; shift 2 ;;
+        -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { print }' "$0"; exit 0 ;;
+        *) echo "pod-cpu.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+BENCH=${BENCH:-$(dirname "$SERVER_BIN")/snowlease-bench}
+for bin in "$SERVER_BIN" "$BENCH"; do
+    [[ -x $bin ]] || { echo "pod-cpu.sh: $bin is not an executable (see --help)" >&2; exit 2; }
+done
+[[ $(nproc) -ge 2 ]] || { echo "pod-cpu.sh: needs 2 CPUs (server on 0, load on 1)" >&2; exit 2; }
+
+WORK=$(mktemp -d /tmp/snowlease-podcpu.XXXXXX)
+SERVER_PID=
+cleanup() {
+    local rc=$?
+    set +e
+    if [[ -n $SERVER_PID ]]; then
+        kill -TERM "$SERVER_PID" 2>/dev/null
+        for _ in $(seq 1 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$SERVER_PID" 2>/dev/null
+        wait "$SERVER_PID" 2>/dev/null
+    fi
+    rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+CLK_TCK=$(getconf CLK_TCK)
+# utime + stime of the server in clock ticks (fields 14 and 15 of /proc/PID/stat, counted after
+# the parenthesised command name, which may contain spaces).
+cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$SERVER_PID/stat"; }
+hwm_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$SERVER_PID/status"; }
+ids_issued() { curl -fsS -m 2 "http://$ADMIN/metrics" | awk '/^snowlease_ids_issued_total/ { s += $2 } END { print s + 0 }'; }
+
+start_server() {
+    mkdir -p "$WORK/state"
+    taskset -c 0 "$SERVER_BIN" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --log-format json \
+        --worker-id 1 --threads 1 --state-dir "$WORK/state" 2>"$WORK/server.log" &
+    SERVER_PID=$!
+    local _
+    for _ in $(seq 1 100); do
+        if grep -q '"serving"' "$WORK/server.log" 2>/dev/null; then break; fi
+        kill -0 "$SERVER_PID" 2>/dev/null || { cat "$WORK/server.log" >&2; exit 1; }
+        sleep 0.1
+    done
+    read -r LEASE ADMIN < <(python3 - "$WORK/server.log" <<'EOF'
+import json, sys
+for line in open(sys.argv[1]):
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        continue
+    fields = {**rec, **rec.get("fields", {})}
+    if fields.get("message") == "serving":
+        print(fields["lease_addr"], fields["admin_addr"])
+        break
+EOF
+)
+    [[ -n ${ADMIN:-} ]] || { echo "pod-cpu.sh: no serving line within 10 s" >&2; exit 1; }
+}
+
+measure() {
+    local mode=$1 args t0 t1 c0 c1 i0 i1
+    case $mode in
+        raw) args=(--mode raw --connections 4 --depth 8 --batch "$BATCH") ;;
+        client) args=(--mode client --tasks 4) ;;
+        *) echo "pod-cpu.sh: unknown mode $mode" >&2; exit 2 ;;
+    esac
+    c0=$(cpu_ticks); i0=$(ids_issued); t0=$(date +%s%N)
+    taskset -c 1 timeout $((DURATION + 60)) "$BENCH" --addr "$LEASE" "${args[@]}" \
+        --duration "$DURATION" --quiet --no-verify >"$WORK/bench-$mode.txt" 2>&1
+    c1=$(cpu_ticks); i1=$(ids_issued); t1=$(date +%s%N)
+    python3 - "$mode" "$c0" "$c1" "$CLK_TCK" "$i0" "$i1" "$t0" "$t1" "$(hwm_kib)" <<'EOF'
+import sys
+mode, c0, c1, tck, i0, i1, t0, t1, hwm = sys.argv[1:]
+cpu = (int(c1) - int(c0)) / int(tck)
+wall = (int(t1) - int(t0)) / 1e9
+ids = int(i1) - int(i0)
+print(f"{mode:6s}  {ids / wall:13,.0f} IDs/s ({ids / wall / 4.096e6:6.1%} of 4,096,000)  "
+      f"server CPU {cpu:5.2f} s in {wall:5.2f} s = {cpu / wall:.2f} cores  "
+      f"{cpu / (ids / 1e6) * 1e3 if ids else 0:6.2f} ms CPU per million IDs  peak RSS {int(hwm) / 1024:.1f} MiB")
+EOF
+    grep -E '^(IDs/s|errors)' "$WORK/bench-$mode.txt" | sed 's/^/        bench: /'
+}
+
+start_server
+echo "server $SERVER_BIN (1 thread, CPU 0), bench $BENCH (CPU 1), $DURATION s per mode"
+# Idle baseline: two seconds of no traffic (a measurement window, not a synchronisation).
+c0=$(cpu_ticks)
+sleep 2
+echo "idle    server CPU $(( ($(cpu_ticks) - c0) * 1000 / CLK_TCK )) ms over 2 s"
+for mode in "${MODES[@]}"; do measure "$mode"; done
