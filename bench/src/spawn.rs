@@ -185,6 +185,7 @@ impl Drop for SpawnedServer {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

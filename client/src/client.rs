@@ -318,6 +318,7 @@ impl fmt::Debug for Client {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

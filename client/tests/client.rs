@@ -265,6 +265,11 @@ where
                             answer(leases.fetch_add(1, Ordering::SeqCst), request_id, count)
                         }
                         Request::Ping { nonce } => Response::Pong { nonce },
+                        Request::BulkLease { request_id, .. } => Response::Error {
+                            request_id,
+                            code: snowlease::wire::ErrorCode::MALFORMED,
+                            message: "this fake server speaks version 1".into(),
+                        },
                     };
                     if framed.send(reply).await.is_err() {
                         return;

@@ -2,19 +2,26 @@
 //! `/generate-id`, the drop-in for teams that call an HTTP endpoint per ID today.
 //!
 //! Requests arrive on the admin thread's runtime through hyper's HTTP/1 server; [`route`] maps
-//! each to a response built from the shared state. `/generate-id` leases from the same
-//! generator as the TCP port (waiting for the next tick the same way), so IDs from both ports
-//! never collide. IDs go out as numbers and as strings: JavaScript loses precision above 2^53.
+//! each to a response built from the shared state. `/generate-id` leases through the same
+//! `lease::Leaser` as the TCP port (waiting for time and for the disk the same way, under the
+//! same deadline: past it, 503 with `Retry-After`), so IDs from both ports never collide. IDs go
+//! out as numbers and as strings: JavaScript loses precision above 2^53.
+//!
+//! Liveness never depends on the disk or on busy clients: `/healthz` answers from memory, and
+//! past [`MAX_ADMIN_CONNECTIONS`] up to [`PROBE_CONNECTIONS`] more connections get a quick look
+//! at their request line (at most [`PROBE_READ_TIMEOUT`]): `/healthz` and `/readyz` are still
+//! answered, anything else gets 503 and the socket is closed, so a flood of slow
+//! `/generate-id` calls cannot make the kubelet restart a pod. `/readyz` is 503 whenever a lease could not be granted now, with the
+//! reason in the body (see `health`).
 
 use std::convert::Infallible;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{CACHE_CONTROL, CONTENT_TYPE};
+use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
@@ -22,9 +29,9 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::generator::Refusal;
-use crate::metrics::{self, Gauges, Outcome};
-use crate::Shared;
+use crate::lease::{LeaseError, Waits};
+use crate::metrics::{self, CoreMetrics, Gauges, Outcome, Wait, WorkerGauges};
+use crate::shared::Shared;
 
 /// Largest `count` one `/generate-id` call may ask for: the IDs of one tick, which keeps the
 /// JSON reply under ~100 KiB.
@@ -40,6 +47,16 @@ pub const MAX_ADMIN_CONNECTIONS: usize = 64;
 /// request or an idle connection cannot hold one of the [`MAX_ADMIN_CONNECTIONS`] for long).
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Connections past [`MAX_ADMIN_CONNECTIONS`] whose request line is read to answer a probe: the
+/// kubelet's two probes plus room for retries, so a cap full of slow `/generate-id` calls never
+/// fails a liveness probe. Each holds a descriptor for at most [`PROBE_READ_TIMEOUT`].
+pub const PROBE_CONNECTIONS: usize = 16;
+
+/// How long a connection past the cap has to send its request line. The kubelet sends its
+/// probe right after the handshake; a second is far more than loopback or a node network
+/// needs, and bounds what 16 silent sockets can hold.
+pub const PROBE_READ_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// The whole reply to a connection past [`MAX_ADMIN_CONNECTIONS`].
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 32\r\nconnection: close\r\n\r\ntoo many admin connections open\n";
 
@@ -47,6 +64,7 @@ const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/pla
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
     let tracker = TaskTracker::new();
     let limiter = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    let probes = Arc::new(Semaphore::new(PROBE_CONNECTIONS));
     loop {
         let (stream, _) = tokio::select! {
             _ = stop.cancelled() => break,
@@ -60,9 +78,20 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
             },
         };
         let Ok(permit) = limiter.clone().try_acquire_owned() else {
-            shared.metrics.admin().http_rejected();
-            // Best effort and never waits: the socket is closed right after.
-            let _ = stream.try_write(BUSY);
+            match probes.clone().try_acquire_owned() {
+                Ok(p) => {
+                    let shared = shared.clone();
+                    tracker.spawn(async move {
+                        probe_only(stream, &shared).await;
+                        drop(p);
+                    });
+                }
+                Err(_) => {
+                    shared.metrics.admin().http_rejected();
+                    // Best effort and never waits: the socket is closed right after.
+                    let _ = stream.try_write(BUSY);
+                }
+            }
             continue;
         };
         let shared = shared.clone();
@@ -87,6 +116,60 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
     }
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(1), tracker.wait()).await;
+}
+
+/// A connection past the cap: reads its request line (briefly) and answers it if it is a
+/// health probe, else 503; then closes. Never hands the socket to hyper.
+async fn probe_only(mut stream: tokio::net::TcpStream, shared: &Shared) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut line = Vec::with_capacity(128);
+    let read = tokio::time::timeout(PROBE_READ_TIMEOUT, async {
+        let mut chunk = [0u8; 128];
+        while !line.windows(2).any(|w| w == b"\r\n") && line.len() < 256 {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => line.extend_from_slice(&chunk[..n]),
+            }
+        }
+    });
+    let _ = read.await;
+    let text = String::from_utf8_lossy(&line);
+    let mut words = text.split_whitespace();
+    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let answer = match (method, path) {
+        ("GET" | "HEAD", "/healthz") => Some((200, "ok\n".to_owned())),
+        ("GET" | "HEAD", "/readyz") => Some(readiness_text(shared)),
+        _ => None,
+    };
+    let bytes = match answer {
+        Some((status, body)) => {
+            shared.metrics.admin().http_request();
+            let reason = if status == 200 {
+                "OK"
+            } else {
+                "Service Unavailable"
+            };
+            format!("HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len()).into_bytes()
+        }
+        None => {
+            shared.metrics.admin().http_rejected();
+            BUSY.to_vec()
+        }
+    };
+    let _ = tokio::time::timeout(PROBE_READ_TIMEOUT, stream.write_all(&bytes)).await;
+}
+
+/// `/readyz`'s status and body.
+fn readiness_text(shared: &Shared) -> (u16, String) {
+    let reasons = shared.readiness();
+    if reasons.is_empty() {
+        return (200, "ready\n".to_owned());
+    }
+    let text: Vec<String> = reasons
+        .iter()
+        .map(|(r, why)| format!("not ready: {}: {why}\n", r.label()))
+        .collect();
+    (503, text.concat())
 }
 
 fn reply(
@@ -118,13 +201,10 @@ pub async fn route(shared: &Shared, req: Request<Incoming>) -> Response<Full<Byt
     }
     match req.uri().path() {
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n"),
-        "/readyz" => {
-            if shared.ready.load(Ordering::Acquire) {
-                reply(StatusCode::OK, "text/plain", "ready\n")
-            } else {
-                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n")
-            }
-        }
+        "/readyz" => match readiness_text(shared) {
+            (200, body) => reply(StatusCode::OK, "text/plain", body),
+            (_, body) => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", body),
+        },
         "/metrics" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4",
@@ -173,51 +253,48 @@ fn parse_count(query: Option<&str>) -> Result<Option<u32>, String> {
     Ok(None)
 }
 
+/// Counts the admin port's waits; there is nothing to flush.
+struct AdminWaits<'a>(&'a CoreMetrics);
+
+impl Waits for AdminWaits<'_> {
+    async fn before_wait(&mut self, why: Wait) -> std::io::Result<()> {
+        self.0.waited(why);
+        Ok(())
+    }
+}
+
 async fn generate(shared: &Shared, query: Option<&str>) -> Response<Full<Bytes>> {
     let count = match parse_count(query) {
         Ok(c) => c,
         Err(e) => return json(StatusCode::BAD_REQUEST, serde_json::json!({"error": e})),
     };
-    if !shared.ready.load(Ordering::Acquire) {
+    if !shared.health.is_serving() {
         return json(
             StatusCode::SERVICE_UNAVAILABLE,
             serde_json::json!({"error": "not ready"}),
         );
     }
     let want = count.unwrap_or(1);
+    let metrics = shared.metrics.admin();
+    let home = shared.leaser.assign_home();
     let mut ids = Vec::with_capacity(want as usize);
     while (ids.len() as u32) < want {
-        match shared.generator.lease(want - ids.len() as u32) {
+        let ask = want - ids.len() as u32;
+        match shared
+            .leaser
+            .lease(home, ask, &mut AdminWaits(metrics))
+            .await
+        {
             Ok(l) => {
-                if let Some(at) = l.hold_until_unix_ms {
-                    shared.metrics.admin().waited_lead();
-                    tokio::time::sleep_until(shared.clock.instant_at(at).into()).await;
-                }
-                shared
-                    .metrics
-                    .admin()
-                    .lease(Outcome::Full, u64::from(l.count));
+                let outcome = if l.count == ask {
+                    Outcome::Full
+                } else {
+                    Outcome::Partial
+                };
+                metrics.lease_from(outcome, home, u64::from(l.count));
                 ids.extend((0..u64::from(l.count)).map(|i| l.first_id + i));
             }
-            Err(Refusal::Lead { until_unix_ms }) => {
-                shared.metrics.admin().waited_lead();
-                tokio::time::sleep_until(shared.clock.instant_at(until_unix_ms).into()).await;
-            }
-            Err(Refusal::NotDurable) => {
-                shared.metrics.admin().waited_durable();
-                let _ = tokio::time::timeout(
-                    std::time::Duration::from_millis(50),
-                    shared.durable_raised.notified(),
-                )
-                .await;
-            }
-            Err(Refusal::Exhausted) => {
-                shared.metrics.admin().lease(Outcome::Unavailable, 0);
-                return json(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    serde_json::json!({"error": "the layout's timestamp field ran out"}),
-                );
-            }
+            Err(e) => return unavailable(metrics, &e),
         }
     }
     let body = match count {
@@ -230,17 +307,46 @@ async fn generate(shared: &Shared, query: Option<&str>) -> Response<Full<Bytes>>
     json(StatusCode::OK, body)
 }
 
+/// 503 for a lease the leaser could not grant; `Retry-After` when waiting can help (the disk),
+/// not when the layout is used up. IDs taken before the failure (a `count` spanning ticks) are
+/// dropped: they are unique, only unused.
+fn unavailable(metrics: &CoreMetrics, e: &LeaseError) -> Response<Full<Bytes>> {
+    metrics.lease(Outcome::Unavailable, 0);
+    let mut r = json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        serde_json::json!({"error": e.to_string()}),
+    );
+    if matches!(e, LeaseError::NotDurable) {
+        r.headers_mut()
+            .insert(RETRY_AFTER, "1".parse().expect("static header"));
+    }
+    r
+}
+
 /// The gauges `/metrics` reports beside the counters.
 pub fn gauges(shared: &Shared) -> Gauges {
-    let g = &shared.generator;
-    let layout = g.layout();
-    let wall_tick = layout
-        .tick_at(snowlease_proto::layout::unix_ms_now())
-        .unwrap_or(0) as i64;
-    let last_tick = g.next_tick() as i64;
+    let leaser = &shared.leaser;
+    let first = leaser.first();
+    let layout = first.layout();
     let now_unix = snowlease_proto::layout::unix_ms_now();
+    let wall_tick = layout.tick_at(now_unix).unwrap_or(0) as i64;
+    let now_tick = first.now_tick();
+    let with_state = shared.state.is_some();
+    let workers: Vec<WorkerGauges> = leaser
+        .workers()
+        .iter()
+        .map(|g| WorkerGauges {
+            worker_id: g.worker(),
+            lead_ms: g.lead_ms(),
+            reserved_ahead_ms: with_state.then(|| {
+                let from = g.next_tick().max(now_tick);
+                g.durable_limit().saturating_sub(from) as i64
+            }),
+        })
+        .collect();
+    let reasons = shared.readiness();
     Gauges {
-        worker_id: g.worker(),
+        worker_id: first.worker(),
         layout: format!(
             "{}/{}/{}",
             layout.timestamp_bits(),
@@ -248,42 +354,77 @@ pub fn gauges(shared: &Shared) -> Gauges {
             layout.sequence_bits()
         ),
         epoch: snowlease_proto::layout::format_unix_ms(layout.epoch_unix_ms()),
-        borrowed_ticks: g.borrowed_ticks(),
-        lead_ms: g.lead_ms(),
-        wall_lead_ms: (last_tick - wall_tick).max(0),
+        capacity_ids_per_second: workers.len() as u64 * u64::from(layout.max_lease()) * 1000,
+        borrowed_ticks: leaser.workers().iter().map(|g| g.borrowed_ticks()).sum(),
+        lead_ms: workers.iter().map(|w| w.lead_ms).max().unwrap_or(0),
+        wall_lead_ms: leaser
+            .workers()
+            .iter()
+            .map(|g| g.next_tick() as i64 - wall_tick)
+            .max()
+            .unwrap_or(0)
+            .max(0),
         clock_steps: shared.clock.steps(),
+        clock_forward_held_ms: shared.clock.forward_held_ms(),
         lifetime_seconds: layout.end_of_life_unix_ms().saturating_sub(now_unix) / 1000,
-        reserved_ahead_ms: shared
-            .state
-            .as_ref()
-            .map(|_| g.durable_limit() as i64 - g.next_tick() as i64),
+        reserved_ahead_ms: workers.iter().filter_map(|w| w.reserved_ahead_ms).min(),
         state_writes: shared.state.as_ref().map_or(0, |s| s.writes()),
-        ready: shared.ready.load(Ordering::Acquire),
+        state_write_errors: shared.state_health.errors(),
+        state_writable: with_state.then(|| shared.state_health.writable()),
+        ready: reasons.is_empty(),
+        not_ready: crate::health::Reason::ALL
+            .iter()
+            .map(|r| (r.label(), reasons.iter().any(|(x, _)| x == r)))
+            .collect(),
         threads: shared.config.threads,
+        workers,
     }
 }
 
 fn info(shared: &Shared) -> serde_json::Value {
-    let g = &shared.generator;
+    let leaser = &shared.leaser;
+    let g = leaser.first();
     let layout = g.layout();
+    let reasons: Vec<String> = shared
+        .readiness()
+        .iter()
+        .map(|(r, why)| format!("{}: {why}", r.label()))
+        .collect();
+    let workers: Vec<serde_json::Value> = leaser
+        .workers()
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            serde_json::json!({
+                "worker_id": w.worker(),
+                "lead_ms": w.lead_ms(),
+                "ids_issued": shared.metrics.ids_issued_by(i),
+            })
+        })
+        .collect();
     serde_json::json!({
         "worker_id": g.worker(),
+        "workers": workers,
+        "workers_per_pod": shared.config.workers_per_pod,
         "version": env!("CARGO_PKG_VERSION"),
-        "protocol_version": snowlease_proto::wire::VERSION,
+        "protocol_version": snowlease_proto::wire::MAX_VERSION,
         "epoch_unix_ms": layout.epoch_unix_ms(),
         "epoch": snowlease_proto::layout::format_unix_ms(layout.epoch_unix_ms()),
         "timestamp_bits": layout.timestamp_bits(),
         "worker_bits": layout.worker_bits(),
         "sequence_bits": layout.sequence_bits(),
         "max_lease": layout.max_lease(),
+        "max_bulk": snowlease_proto::wire::MAX_BULK,
         "end_of_life": snowlease_proto::layout::format_unix_ms(layout.end_of_life_unix_ms()),
         "max_lead_ms": g.max_lead(),
-        "lead_ms": g.lead_ms(),
+        "lead_ms": leaser.workers().iter().map(|w| w.lead_ms()).max().unwrap_or(0),
         "ids_issued": shared.metrics.ids_issued(),
         "connections_open": shared.metrics.open_connections(),
-        "ready": shared.ready.load(Ordering::Acquire),
+        "ready": reasons.is_empty(),
+        "not_ready": reasons,
         "threads": shared.config.threads,
         "state_dir": shared.config.state_dir.as_ref().map(|p| p.display().to_string()),
+        "state_dir_writable": shared.state.as_ref().map(|_| shared.state_health.writable()),
         "token_required": shared.token.is_some(),
         "tls": shared.tls.is_some(),
         "mutual_tls": shared.tls.as_ref().is_some_and(|t| t.paths().client_ca.is_some()),
@@ -291,6 +432,7 @@ fn info(shared: &Shared) -> serde_json::Value {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -1,9 +1,11 @@
 //! Settings: command-line flags and environment variables in, a validated [`ServerConfig`] out.
 //!
 //! clap reads every setting from a flag or its environment variable ([`Args`]); [`Args::resolve`]
-//! then works out the worker id (`WORKER_ID`, else the ordinal after the last `-` of `POD_NAME`,
-//! else of the hostname) and the layout, refusing anything the layout cannot hold with a message
-//! naming the value and its source. Nothing here touches a socket.
+//! then works out the worker ids (`--worker-ids A-B`; else `WORKER_ID`; else the ordinal after
+//! the last `-` of `POD_NAME`, else of the hostname, times `--workers-per-pod`), the layout and
+//! the state directory (a default one unless `--no-state-dir`), refusing anything the layout
+//! cannot hold with a [`ConfigError`] naming the value and its source. Nothing here touches a
+//! socket or writes a file.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,6 +41,25 @@ pub const DEFAULT_MAX_QUEUED_REPLIES: usize = 1024;
 /// Listen backlog per core listener: a burst of 10,000 connects spread over the cores'
 /// accept queues without SYN drops.
 pub const DEFAULT_BACKLOG: i32 = 4096;
+/// Default cap on lease connections from one peer (source IP address). A client library holds
+/// one connection per server, so 1,024 leaves room for a thousand client processes behind one
+/// NAT address while keeping one peer from holding all 16,384 slots (SECURITY.md: what a peer
+/// is behind a Service).
+pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 1024;
+/// Default time a new connection has to send its first complete frame. Clients send HELLO at
+/// once; 10 s covers a TLS handshake on a loaded node many times over, and is a twelfth of the
+/// idle timeout a silent socket could otherwise hold a slot for.
+pub const DEFAULT_FIRST_FRAME_TIMEOUT_MS: u64 = 10_000;
+/// Default reserved window (`--reserve-ms`): with it the persister writes about once per
+/// 1.5 s under load, and a restart skips at most 3 s of ticks.
+pub const DEFAULT_RESERVE_MS: u64 = 3_000;
+/// Largest `--reserve-ms`: a restart skips up to the window, so a minute bounds how far ahead
+/// of the clock a crash can leave the next start.
+pub const MAX_RESERVE_MS: u64 = 60_000;
+/// Default for `--durable-timeout-ms`: how long a lease waits for the state directory before
+/// it is answered UNAVAILABLE (503 on HTTP). A healthy fsync takes milliseconds; two seconds of
+/// failing writes means the disk is gone, and the client should go to another worker.
+pub const DEFAULT_DURABLE_TIMEOUT_MS: u64 = 2_000;
 
 /// How log lines look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -65,6 +86,16 @@ pub struct Args {
     /// '-' of POD_NAME, else of the hostname; worker 0 outside Kubernetes.
     #[arg(long, env = "WORKER_ID")]
     pub worker_id: Option<String>,
+
+    /// Worker ids per pod: pod ordinal o holds worker ids o*K ..= o*K+K-1, so one process
+    /// serves up to K x 4,096,000 IDs/s. Replicas x K must stay within the layout's workers.
+    #[arg(long, env = "SNOWLEASE_WORKERS_PER_POD", default_value_t = 1)]
+    pub workers_per_pod: u16,
+
+    /// An explicit contiguous range of worker ids, `A-B` (or one id), for use outside
+    /// Kubernetes; overrides WORKER_ID, POD_NAME and --workers-per-pod.
+    #[arg(long, env = "SNOWLEASE_WORKER_IDS")]
+    pub worker_ids: Option<String>,
 
     /// StatefulSet pod name; its ordinal is the worker id when WORKER_ID is not set.
     #[arg(long, env = "POD_NAME", hide = true)]
@@ -97,13 +128,38 @@ pub struct Args {
     pub max_lead_ms: u64,
 
     /// Directory for the persisted high-water mark that makes restarts with the clock set back
-    /// safe. Without it restarts are not protected.
+    /// safe; locked by one process. Default: $XDG_STATE_HOME/snowlease/worker-N, else
+    /// /var/lib/snowlease/worker-N when writable, else ~/.local/state/snowlease/worker-N.
     #[arg(long, env = "SNOWLEASE_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
 
-    /// Milliseconds reserved ahead in the state file; extended when less than half is left.
-    #[arg(long, env = "SNOWLEASE_RESERVE_MS", default_value_t = 3_000)]
+    /// Run without a state directory: a restart with the clock set back can then repeat IDs.
+    #[arg(
+        long,
+        env = "SNOWLEASE_NO_STATE_DIR",
+        default_value_t = false,
+        conflicts_with = "state_dir"
+    )]
+    pub no_state_dir: bool,
+
+    /// Milliseconds reserved ahead in the state file (2..=60000); extended when less than half
+    /// is left while IDs are being issued.
+    #[arg(long, env = "SNOWLEASE_RESERVE_MS", default_value_t = DEFAULT_RESERVE_MS)]
     pub reserve_ms: u64,
+
+    /// How long a lease waits for the state directory before it is answered UNAVAILABLE (and
+    /// /generate-id 503 with Retry-After).
+    #[arg(long, env = "SNOWLEASE_DURABLE_TIMEOUT_MS", default_value_t = DEFAULT_DURABLE_TIMEOUT_MS)]
+    pub durable_timeout_ms: u64,
+
+    /// Forward steps of the wall clock up to this many ms are followed at once.
+    #[arg(long, env = "SNOWLEASE_CLOCK_FOLLOW_MAX_MS", default_value_t = crate::clock::DEFAULT_FOLLOW_MAX_MS)]
+    pub clock_follow_max_ms: u64,
+
+    /// A larger forward step of the wall clock is followed only after it has held this long;
+    /// a shorter glitch leaves no trace in IDs or the state file.
+    #[arg(long, env = "SNOWLEASE_CLOCK_FOLLOW_AFTER_MS", default_value_t = crate::clock::DEFAULT_FOLLOW_AFTER_MS)]
+    pub clock_follow_after_ms: u64,
 
     /// Start even if the state file is corrupt, discarding it. Only when you know no ID from
     /// this worker id was issued with a timestamp ahead of the clock.
@@ -117,6 +173,16 @@ pub struct Args {
     /// Cap on open lease connections; past it a client gets ERROR OVERLOADED and is closed.
     #[arg(long, env = "SNOWLEASE_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+
+    /// Cap on open lease connections from one source IP address (0 = none); past it that
+    /// peer gets ERROR OVERLOADED. Behind SNAT every client of a node is one peer.
+    #[arg(long, env = "SNOWLEASE_MAX_CONNECTIONS_PER_PEER", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_PEER)]
+    pub max_connections_per_peer: usize,
+
+    /// Close a new connection (GOAWAY IDLE_TIMEOUT) that has not sent a complete frame within
+    /// this many ms (0 = only the idle timeout applies).
+    #[arg(long, env = "SNOWLEASE_FIRST_FRAME_TIMEOUT_MS", default_value_t = DEFAULT_FIRST_FRAME_TIMEOUT_MS)]
+    pub first_frame_timeout_ms: u64,
 
     /// Close a connection (GOAWAY IDLE_TIMEOUT) after this long without a complete request.
     #[arg(long, env = "SNOWLEASE_IDLE_TIMEOUT_MS", default_value_t = DEFAULT_IDLE_TIMEOUT_MS)]
@@ -190,8 +256,12 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Admin HTTP listen address.
     pub admin_listen: SocketAddr,
-    /// This server's worker id, checked against the layout.
+    /// This server's (first) worker id, checked against the layout.
     pub worker_id: u16,
+    /// How many consecutive worker ids from `worker_id` this process holds (at least 1).
+    pub worker_count: u16,
+    /// `--workers-per-pod`, when the set came from a pod ordinal; recorded in the state file.
+    pub workers_per_pod: Option<u16>,
     /// Where the worker id came from.
     pub worker_source: WorkerSource,
     /// ID layout.
@@ -202,14 +272,26 @@ pub struct ServerConfig {
     pub max_lead_ms: u64,
     /// Directory of the state file; `None` = restarts unprotected.
     pub state_dir: Option<PathBuf>,
+    /// Whether `state_dir` is the default one (for the start line).
+    pub state_dir_is_default: bool,
     /// Window reserved ahead in the state file, ms.
     pub reserve_ms: u64,
+    /// Longest a lease waits for the state directory.
+    pub durable_timeout: Duration,
+    /// Forward clock steps up to this are followed at once, ms.
+    pub clock_follow_max_ms: u64,
+    /// Larger forward steps are followed after holding this long.
+    pub clock_follow_after: Duration,
     /// Start past a corrupt state file.
     pub discard_corrupt_state: bool,
     /// Refuse to start with fewer years than this left in the layout.
     pub min_years_left: f64,
     /// Cap on open lease connections.
     pub max_connections: usize,
+    /// Cap on open lease connections per source address; 0 = none.
+    pub max_connections_per_peer: usize,
+    /// Time a connection has for its first complete frame; `None` = the idle timeout.
+    pub first_frame_timeout: Option<Duration>,
     /// Idle timeout per connection.
     pub idle_timeout: Duration,
     /// Write timeout per connection.
@@ -226,12 +308,125 @@ pub struct ServerConfig {
     pub tls: Option<TlsPaths>,
 }
 
-/// Why the server refuses to start.
+/// Why the server refuses to start: one variant per kind of bad setting, each naming the
+/// value and where it came from.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// A setting has a value the server cannot use.
+    /// `--epoch` cannot be read or lies in the future.
     #[error("{0}")]
-    Invalid(String),
+    Epoch(String),
+    /// The layout widths do not add up.
+    #[error("layout refused: {0}")]
+    Layout(#[from] snowlease_proto::layout::LayoutError),
+    /// A worker id the layout cannot hold.
+    #[error("worker id {id} (from {source_text}) does not fit the layout's {bits} worker bits: valid worker ids are 0..={max}")]
+    WorkerOutOfRange {
+        /// The id.
+        id: u64,
+        /// Where it came from, e.g. `POD_NAME=snowlease-1024`.
+        source_text: String,
+        /// Worker field width.
+        bits: u8,
+        /// Highest valid id.
+        max: u16,
+    },
+    /// `WORKER_ID` is not a number.
+    #[error("WORKER_ID {text:?} is not a whole number (valid worker ids are 0..={max})")]
+    WorkerIdNotANumber {
+        /// What was given.
+        text: String,
+        /// Highest valid id.
+        max: u16,
+    },
+    /// `POD_NAME` has no ordinal.
+    #[error("POD_NAME {pod:?} has no ordinal after its last '-' (expected a StatefulSet pod name like snowlease-7); set WORKER_ID instead")]
+    NoOrdinal {
+        /// The pod name.
+        pod: String,
+    },
+    /// Inside Kubernetes with nothing that names a worker.
+    #[error("running in Kubernetes but neither WORKER_ID nor a StatefulSet POD_NAME is set, and the hostname {hostname:?} has no ordinal: replicas would share a worker id and issue duplicate IDs. Run as a StatefulSet with POD_NAME from the downward API, or set WORKER_ID")]
+    NoIdentity {
+        /// The hostname seen.
+        hostname: String,
+    },
+    /// A pod ordinal's worker set runs past the layout.
+    #[error("pod ordinal {ordinal} (from {source_text}) with --workers-per-pod {per_pod} needs worker ids {first}..={last}, but the layout's {bits} worker bits hold 0..={max}: at most {pods} pods fit with K={per_pod} (replicas x K <= {workers})")]
+    WorkerSetTooLarge {
+        /// The ordinal.
+        ordinal: u64,
+        /// Where it came from.
+        source_text: String,
+        /// K.
+        per_pod: u16,
+        /// First id needed.
+        first: u64,
+        /// Last id needed.
+        last: u64,
+        /// Worker field width.
+        bits: u8,
+        /// Highest valid id.
+        max: u16,
+        /// How many pods fit.
+        pods: u64,
+        /// Workers in the layout.
+        workers: u64,
+    },
+    /// `--worker-ids` cannot be read or does not fit.
+    #[error("--worker-ids {text:?}: {reason} (valid worker ids are 0..={max})")]
+    WorkerIds {
+        /// What was given.
+        text: String,
+        /// What is wrong.
+        reason: &'static str,
+        /// Highest valid id.
+        max: u16,
+    },
+    /// `WORKER_ID` together with a K above 1: which workers was meant is unclear.
+    #[error("WORKER_ID names one worker, but --workers-per-pod is {per_pod}: use POD_NAME (the ordinal) with --workers-per-pod, or --worker-ids A-B")]
+    WorkerIdWithWorkersPerPod {
+        /// K.
+        per_pod: u16,
+    },
+    /// A numeric flag below its minimum.
+    #[error("{flag} must be at least {min}")]
+    AtLeast {
+        /// The flag.
+        flag: &'static str,
+        /// Its minimum.
+        min: u64,
+    },
+    /// A numeric flag outside its range.
+    #[error("{flag} {value} is outside {min}..={max}")]
+    OutOfRange {
+        /// The flag.
+        flag: &'static str,
+        /// What was given.
+        value: u64,
+        /// Lowest allowed.
+        min: u64,
+        /// Highest allowed.
+        max: u64,
+    },
+    /// Half a TLS configuration.
+    #[error("{0}")]
+    Tls(String),
+    /// No default state directory could be found.
+    #[error("no usable default state directory ({tried}); pass --state-dir DIR (a persistent volume) or --no-state-dir")]
+    NoDefaultStateDir {
+        /// The candidates and why each failed.
+        tried: String,
+    },
+    /// Too little of the layout's lifetime left.
+    #[error("the layout's timestamp field runs out at {end_of_life}, {years:.2} years from now, under the minimum of {min_years} years (--min-years-left); choose a later epoch or more timestamp bits")]
+    Lifetime {
+        /// End of life, RFC 3339.
+        end_of_life: String,
+        /// Years left.
+        years: f64,
+        /// The minimum.
+        min_years: f64,
+    },
 }
 
 impl ServerConfig {
@@ -241,15 +436,24 @@ impl ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             worker_id,
+            worker_count: 1,
+            workers_per_pod: None,
             worker_source: WorkerSource::Explicit,
             layout: Layout::DEFAULT,
             threads: 2,
             max_lead_ms: DEFAULT_MAX_LEAD_MS,
             state_dir: None,
-            reserve_ms: 3_000,
+            state_dir_is_default: false,
+            reserve_ms: DEFAULT_RESERVE_MS,
+            durable_timeout: Duration::from_millis(DEFAULT_DURABLE_TIMEOUT_MS),
+            clock_follow_max_ms: crate::clock::DEFAULT_FOLLOW_MAX_MS,
+            clock_follow_after: Duration::from_millis(crate::clock::DEFAULT_FOLLOW_AFTER_MS),
             discard_corrupt_state: false,
             min_years_left: 1.0,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            // Loopback tests are one peer and take their time to send a first frame.
+            max_connections_per_peer: 0,
+            first_frame_timeout: None,
             idle_timeout: Duration::from_millis(DEFAULT_IDLE_TIMEOUT_MS),
             write_timeout: Duration::from_millis(DEFAULT_WRITE_TIMEOUT_MS),
             drain_timeout: Duration::from_millis(DEFAULT_DRAIN_TIMEOUT_MS),
@@ -261,13 +465,18 @@ impl ServerConfig {
     }
 }
 
-/// The environment facts worker-id resolution depends on, gathered once so tests can fake them.
+/// The environment facts worker-id and state-directory resolution depend on, gathered once so
+/// tests can fake them.
 #[derive(Debug, Clone, Default)]
 pub struct Environment {
     /// The hostname, if known.
     pub hostname: Option<String>,
     /// Whether `KUBERNETES_SERVICE_HOST` is set.
     pub in_kubernetes: bool,
+    /// `$XDG_STATE_HOME`.
+    pub xdg_state_home: Option<PathBuf>,
+    /// `$HOME`.
+    pub home: Option<PathBuf>,
 }
 
 impl Environment {
@@ -281,6 +490,8 @@ impl Environment {
         Environment {
             hostname,
             in_kubernetes: std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
+            xdg_state_home: std::env::var_os("XDG_STATE_HOME").map(PathBuf::from),
+            home: std::env::var_os("HOME").map(PathBuf::from),
         }
     }
 }
@@ -288,62 +499,153 @@ impl Environment {
 impl Args {
     /// Validates the flags into a [`ServerConfig`].
     pub fn resolve(&self, env: &Environment) -> Result<ServerConfig, ConfigError> {
-        let epoch = parse_epoch(&self.epoch).map_err(ConfigError::Invalid)?;
+        let epoch = parse_epoch(&self.epoch).map_err(ConfigError::Epoch)?;
         let layout = Layout::new(
             epoch,
             self.timestamp_bits,
             self.worker_bits,
             self.sequence_bits,
-        )
-        .map_err(|e| ConfigError::Invalid(format!("layout refused: {e}")))?;
-        let (worker_id, worker_source) = resolve_worker_id(
-            self.worker_id.as_deref(),
-            self.pod_name.as_deref(),
-            env,
-            &layout,
         )?;
+        let set = self.worker_set(env, &layout)?;
         let threads = match self.threads {
-            Some(0) => return Err(ConfigError::Invalid("--threads must be at least 1".into())),
+            Some(0) => {
+                return Err(ConfigError::AtLeast {
+                    flag: "--threads",
+                    min: 1,
+                })
+            }
             Some(n) => n,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
-        if self.max_connections == 0 {
-            return Err(ConfigError::Invalid(
-                "--max-connections must be at least 1".into(),
-            ));
-        }
-        if self.max_queued_replies == 0 {
-            return Err(ConfigError::Invalid(
-                "--max-queued-replies must be at least 1".into(),
-            ));
-        }
-        if self.reserve_ms < 2 {
-            return Err(ConfigError::Invalid(
-                "--reserve-ms must be at least 2".into(),
-            ));
-        }
+        at_least("--max-connections", self.max_connections as u64, 1)?;
+        at_least("--max-queued-replies", self.max_queued_replies as u64, 1)?;
+        at_least("--reserve-ms", self.reserve_ms, 2)?;
+        in_range("--reserve-ms", self.reserve_ms, 2, MAX_RESERVE_MS)?;
+        in_range("--durable-timeout-ms", self.durable_timeout_ms, 1, 60_000)?;
+        let (state_dir, state_dir_is_default) = self.state_dir(env, &set)?;
         let tls = self.tls_paths()?;
+        let ms = Duration::from_millis;
         Ok(ServerConfig {
             listen: self.listen,
             admin_listen: self.admin_listen,
-            worker_id,
-            worker_source,
+            worker_id: set.first,
+            worker_count: set.count,
+            workers_per_pod: set.per_pod,
+            worker_source: set.source,
             layout,
             threads,
             max_lead_ms: self.max_lead_ms,
-            state_dir: self.state_dir.clone(),
+            state_dir,
+            state_dir_is_default,
             reserve_ms: self.reserve_ms,
+            durable_timeout: ms(self.durable_timeout_ms),
+            clock_follow_max_ms: self.clock_follow_max_ms,
+            clock_follow_after: ms(self.clock_follow_after_ms),
             discard_corrupt_state: self.discard_corrupt_state,
             min_years_left: self.min_years_left,
             max_connections: self.max_connections,
-            idle_timeout: Duration::from_millis(self.idle_timeout_ms.max(1)),
-            write_timeout: Duration::from_millis(self.write_timeout_ms.max(1)),
-            drain_timeout: Duration::from_millis(self.drain_timeout_ms),
+            max_connections_per_peer: self.max_connections_per_peer,
+            first_frame_timeout: (self.first_frame_timeout_ms > 0)
+                .then(|| ms(self.first_frame_timeout_ms)),
+            idle_timeout: ms(self.idle_timeout_ms.max(1)),
+            write_timeout: ms(self.write_timeout_ms.max(1)),
+            drain_timeout: ms(self.drain_timeout_ms),
             max_queued_replies: self.max_queued_replies,
             backlog: DEFAULT_BACKLOG,
             token_file: self.token_file.clone(),
             tls,
         })
+    }
+
+    /// The worker ids this process holds: `--worker-ids`, else one id from WORKER_ID, else
+    /// the pod ordinal times `--workers-per-pod`.
+    fn worker_set(&self, env: &Environment, layout: &Layout) -> Result<WorkerSet, ConfigError> {
+        at_least("--workers-per-pod", u64::from(self.workers_per_pod), 1)?;
+        if let Some(text) = self
+            .worker_ids
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        {
+            return parse_worker_ids(text, layout);
+        }
+        let k = self.workers_per_pod;
+        let explicit = self
+            .worker_id
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty());
+        if explicit.is_some() && k > 1 {
+            return Err(ConfigError::WorkerIdWithWorkersPerPod { per_pod: k });
+        }
+        if k == 1 {
+            let (id, source) = resolve_worker_id(
+                self.worker_id.as_deref(),
+                self.pod_name.as_deref(),
+                env,
+                layout,
+            )?;
+            let per_pod =
+                matches!(source, WorkerSource::PodName(_) | WorkerSource::Hostname(_)).then_some(1);
+            return Ok(WorkerSet {
+                first: id,
+                count: 1,
+                per_pod,
+                source,
+            });
+        }
+        // The ordinal is resolved as a worker id would be, against a layout wide enough for
+        // any ordinal, then scaled by K and checked against the real one.
+        let wide = Layout::widths(layout.epoch_unix_ms(), 31, 16, 16).unwrap_or(*layout);
+        let (ordinal, source) = resolve_worker_id(None, self.pod_name.as_deref(), env, &wide)?;
+        let first = u64::from(ordinal) * u64::from(k);
+        let last = first + u64::from(k) - 1;
+        let max = layout.max_worker();
+        if last > u64::from(max) {
+            let workers = u64::from(max) + 1;
+            return Err(ConfigError::WorkerSetTooLarge {
+                ordinal: u64::from(ordinal),
+                source_text: source.describe(),
+                per_pod: k,
+                first,
+                last,
+                bits: layout.worker_bits(),
+                max,
+                pods: workers / u64::from(k),
+                workers,
+            });
+        }
+        Ok(WorkerSet {
+            first: first as u16,
+            count: k,
+            per_pod: Some(k),
+            source,
+        })
+    }
+
+    /// The state directory: `--state-dir`, none with `--no-state-dir`, else the default one
+    /// for these worker ids (see [`default_state_dir`]).
+    fn state_dir(
+        &self,
+        env: &Environment,
+        set: &WorkerSet,
+    ) -> Result<(Option<PathBuf>, bool), ConfigError> {
+        if self.no_state_dir {
+            return Ok((None, false));
+        }
+        if let Some(dir) = &self.state_dir {
+            return Ok((Some(dir.clone()), false));
+        }
+        let leaf = if set.count == 1 {
+            format!("worker-{}", set.first)
+        } else {
+            format!(
+                "workers-{}-{}",
+                set.first,
+                u32::from(set.first) + u32::from(set.count) - 1
+            )
+        };
+        default_state_dir(env).map(|base| (Some(base.join(leaf)), true))
     }
 
     /// Both of --tls-cert and --tls-key, or neither; --tls-client-ca only with them. A half
@@ -355,16 +657,16 @@ impl Args {
                 key: key.clone(),
                 client_ca: self.tls_client_ca.clone(),
             })),
-            (Some(cert), None) => Err(ConfigError::Invalid(format!(
+            (Some(cert), None) => Err(ConfigError::Tls(format!(
                 "--tls-cert {} is set but --tls-key (SNOWLEASE_TLS_KEY) is not: TLS needs both",
                 cert.display()
             ))),
-            (None, Some(key)) => Err(ConfigError::Invalid(format!(
+            (None, Some(key)) => Err(ConfigError::Tls(format!(
                 "--tls-key {} is set but --tls-cert (SNOWLEASE_TLS_CERT) is not: TLS needs both",
                 key.display()
             ))),
             (None, None) => match &self.tls_client_ca {
-                Some(ca) => Err(ConfigError::Invalid(format!(
+                Some(ca) => Err(ConfigError::Tls(format!(
                     "--tls-client-ca {} needs --tls-cert and --tls-key: client certificates are only checked over TLS",
                     ca.display()
                 ))),
@@ -393,27 +695,28 @@ pub fn resolve_worker_id(
     let max = layout.max_worker();
     let check = |id: u64, source: WorkerSource, what: String| {
         if id > u64::from(max) {
-            Err(ConfigError::Invalid(format!(
-                "worker id {id} (from {what}) does not fit the layout's {} worker bits: valid worker ids are 0..={max}",
-                layout.worker_bits()
-            )))
+            Err(ConfigError::WorkerOutOfRange {
+                id,
+                source_text: what,
+                bits: layout.worker_bits(),
+                max,
+            })
         } else {
             Ok((id as u16, source))
         }
     };
     if let Some(text) = explicit.map(str::trim).filter(|t| !t.is_empty()) {
-        let id = text.parse::<u64>().map_err(|_| {
-            ConfigError::Invalid(format!(
-                "WORKER_ID {text:?} is not a whole number (valid worker ids are 0..={max})"
-            ))
-        })?;
+        let id = text
+            .parse::<u64>()
+            .map_err(|_| ConfigError::WorkerIdNotANumber {
+                text: text.to_owned(),
+                max,
+            })?;
         return check(id, WorkerSource::Explicit, format!("WORKER_ID={text}"));
     }
     if let Some(pod) = pod_name.map(str::trim).filter(|t| !t.is_empty()) {
-        let id = ordinal(pod).ok_or_else(|| {
-            ConfigError::Invalid(format!(
-                "POD_NAME {pod:?} has no ordinal after its last '-' (expected a StatefulSet pod name like snowlease-7); set WORKER_ID instead"
-            ))
+        let id = ordinal(pod).ok_or_else(|| ConfigError::NoOrdinal {
+            pod: pod.to_owned(),
         })?;
         return check(
             id,
@@ -431,15 +734,110 @@ pub fn resolve_worker_id(
         }
     }
     if env.in_kubernetes {
-        return Err(ConfigError::Invalid(format!(
-            "running in Kubernetes but neither WORKER_ID nor a StatefulSet POD_NAME is set, and the hostname {:?} has no ordinal: replicas would share a worker id and issue duplicate IDs. Run as a StatefulSet with POD_NAME from the downward API, or set WORKER_ID",
-            env.hostname.as_deref().unwrap_or("")
-        )));
+        return Err(ConfigError::NoIdentity {
+            hostname: env.hostname.clone().unwrap_or_default(),
+        });
     }
     Ok((0, WorkerSource::Default))
 }
 
+/// The worker ids a configuration resolves to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct WorkerSet {
+    first: u16,
+    count: u16,
+    per_pod: Option<u16>,
+    source: WorkerSource,
+}
+
+impl WorkerSource {
+    /// The source as the refusal messages name it.
+    fn describe(&self) -> String {
+        match self {
+            WorkerSource::Explicit => "WORKER_ID".into(),
+            WorkerSource::PodName(p) => format!("POD_NAME={p}"),
+            WorkerSource::Hostname(h) => format!("hostname {h}"),
+            WorkerSource::Default => "the default".into(),
+        }
+    }
+}
+
+/// Parses `--worker-ids A-B` (or `A`).
+fn parse_worker_ids(text: &str, layout: &Layout) -> Result<WorkerSet, ConfigError> {
+    let max = layout.max_worker();
+    let bad = |reason| ConfigError::WorkerIds {
+        text: text.to_owned(),
+        reason,
+        max,
+    };
+    let (a, b) = text.split_once('-').unwrap_or((text, text));
+    let a: u64 = a
+        .trim()
+        .parse()
+        .map_err(|_| bad("not a whole number or A-B range"))?;
+    let b: u64 = b
+        .trim()
+        .parse()
+        .map_err(|_| bad("not a whole number or A-B range"))?;
+    if a > b {
+        return Err(bad("the range is empty (A > B)"));
+    }
+    if b > u64::from(max) {
+        return Err(bad("the range runs past the layout's worker field"));
+    }
+    Ok(WorkerSet {
+        first: a as u16,
+        count: (b - a + 1) as u16,
+        per_pod: None,
+        source: WorkerSource::Explicit,
+    })
+}
+
+fn at_least(flag: &'static str, value: u64, min: u64) -> Result<(), ConfigError> {
+    if value < min {
+        return Err(ConfigError::AtLeast { flag, min });
+    }
+    Ok(())
+}
+
+fn in_range(flag: &'static str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if !(min..=max).contains(&value) {
+        return Err(ConfigError::OutOfRange {
+            flag,
+            value,
+            min,
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// The base of the default state directory: `$XDG_STATE_HOME/snowlease`, else
+/// `/var/lib/snowlease` if it can be created, else `$HOME/.local/state/snowlease`. Only
+/// checks that a directory can be made; the lock and the state file come at start.
+pub fn default_state_dir(env: &Environment) -> Result<PathBuf, ConfigError> {
+    let mut candidates = Vec::new();
+    if let Some(xdg) = env.xdg_state_home.as_ref().filter(|p| p.is_absolute()) {
+        candidates.push(xdg.join("snowlease"));
+    }
+    candidates.push(PathBuf::from("/var/lib/snowlease"));
+    if let Some(home) = env.home.as_ref().filter(|p| p.is_absolute()) {
+        candidates.push(home.join(".local/state/snowlease"));
+    }
+    let mut tried = Vec::new();
+    for dir in candidates {
+        match std::fs::create_dir_all(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) => tried.push(format!("{}: {e}", dir.display())),
+        }
+    }
+    Err(ConfigError::NoDefaultStateDir {
+        tried: tried.join("; "),
+    })
+}
+
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -447,6 +845,7 @@ mod tests {
         Environment {
             hostname: host.map(str::to_owned),
             in_kubernetes: k8s,
+            ..Environment::default()
         }
     }
 

@@ -4,14 +4,18 @@
 //! and encode each reply into one write buffer, flushing after every `max_queued_replies`
 //! replies (or 16 KiB) so a client that pipelines a million requests is answered in bounded memory and
 //! stops being read while its replies are written (backpressure). *Read*: one `read_buf`,
-//! raced against the idle deadline and the shutdown token. When the generator asks a lease to
-//! wait for the next tick, the replies already encoded are flushed first and later requests
-//! stay queued behind it, so order holds without spinning a core.
+//! raced against the idle deadline (the shorter first-frame deadline until a complete frame
+//! has arrived) and the shutdown token. Leases go to `lease::Leaser` on the connection's home
+//! worker; when it waits (for the next tick or the disk), the replies already encoded are
+//! flushed first ([`Waits`]) and later requests stay queued behind it, so order holds without
+//! spinning a core. HELLO negotiates the version: version 2 adds BULK_LEASE, answered with the
+//! runs the leaser takes from every worker of the process.
 //!
 //! Generic over the byte stream so the fuzz target and unit tests drive it through an
 //! in-memory duplex pipe.
 
 use std::io;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -19,11 +23,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use snowlease_proto::wire::{self, goaway, ErrorCode, Request, Response, Welcome};
+use snowlease_proto::wire::{self, goaway, ErrorCode, Request, Response, Run, Welcome, WorkerSet};
 
-use crate::generator::Refusal;
-use crate::metrics::{CoreMetrics, Outcome};
-use crate::Shared;
+use crate::lease::{LeaseError, Waits};
+use crate::metrics::{CoreMetrics, Outcome, Wait};
+use crate::shared::Shared;
 
 /// Room kept free in the read buffer before each read. An idle connection holds only the
 /// first, small reservation; a busy one reads up to 4 KiB (315 LEASE frames) per syscall.
@@ -37,13 +41,6 @@ const KEEP_WRITE: usize = 1024;
 /// How long a connection closed for a protocol error keeps reading (and discarding) after its
 /// last frame, so the kernel does not reset it and lose the ERROR frame.
 const LINGER: Duration = Duration::from_millis(500);
-/// Longest wait on the durable reservation before retrying anyway; the persistence task
-/// notifies much sooner when the disk is healthy.
-const DURABLE_POLL: Duration = Duration::from_millis(50);
-/// Longest a lease waits for the state file before it is answered UNAVAILABLE. A healthy
-/// fsync takes milliseconds; two seconds of failing writes means the disk is gone, and the
-/// client should go to another worker rather than hang.
-const DURABLE_GIVE_UP: Duration = Duration::from_secs(2);
 
 /// What to do after answering a frame.
 #[derive(Debug, PartialEq, Eq)]
@@ -70,6 +67,8 @@ pub async fn serve<S>(
         shared,
         metrics,
         authenticated: shared.token.is_none(),
+        version: wire::VERSION,
+        home: shared.leaser.assign_home(),
     };
     if let Err(e) = conn.run(shutdown).await {
         tracing::debug!(error = %e, "connection ended with an I/O error");
@@ -84,12 +83,18 @@ struct Conn<'a, S> {
     metrics: &'a CoreMetrics,
     /// False until a HELLO with the right token, when the server requires one.
     authenticated: bool,
+    /// The negotiated protocol version: 1 until a HELLO asks for more.
+    version: u16,
+    /// Index of the worker LEASE is answered from, and BULK_LEASE starts at.
+    home: usize,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
     async fn run(&mut self, shutdown: &CancellationToken) -> io::Result<()> {
         let idle = self.shared.config.idle_timeout;
-        let mut deadline = Instant::now() + idle;
+        let first_frame = self.shared.config.first_frame_timeout.map(|t| t.min(idle));
+        let mut deadline = Instant::now() + first_frame.unwrap_or(idle);
+        let mut heard = false;
         // Grown to READ_CHUNK only after a read fills the buffer: an idle or lightly used
         // connection keeps 256 bytes (10,000 idle connections: 61.8 -> 24.4 MiB measured).
         let mut room = FIRST_READ;
@@ -101,6 +106,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             }
             if answered > 0 {
                 deadline = Instant::now() + idle;
+                heard = true;
             }
             self.flush().await?;
             if room == FIRST_READ {
@@ -114,7 +120,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             let n = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return self.go_away(goaway::SHUTDOWN).await,
-                _ = tokio::time::sleep_until(deadline) => return self.go_away(goaway::IDLE_TIMEOUT).await,
+                _ = tokio::time::sleep_until(deadline) => {
+                    if !heard && first_frame.is_some() {
+                        self.metrics.first_frame_timed_out();
+                    }
+                    return self.go_away(goaway::IDLE_TIMEOUT).await;
+                }
                 read = self.stream.read_buf(&mut self.rbuf) => read?,
             };
             if n == 0 {
@@ -170,9 +181,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         if !self.authenticated {
             return Ok(self.authenticate(&request));
         }
+        if request.min_version() > self.version {
+            self.error(
+                0,
+                ErrorCode::MALFORMED,
+                &format!(
+                    "this request needs protocol version {}; this connection speaks version {} (send HELLO with version {} first)",
+                    request.min_version(),
+                    self.version,
+                    request.min_version()
+                ),
+            );
+            return Ok(Flow::Close);
+        }
         match request {
             Request::Hello { version, token: _ } => Ok(self.hello(version)),
             Request::Lease { request_id, count } => self.lease(request_id, count).await,
+            Request::BulkLease { request_id, count } => self.bulk(request_id, count).await,
             Request::Ping { nonce } => {
                 Response::Pong { nonce }.encode(&mut self.wbuf);
                 Ok(Flow::Continue)
@@ -202,8 +227,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         }
     }
 
+    /// Answers HELLO with WELCOME in the highest version both sides speak.
     fn hello(&mut self, version: u16) -> Flow {
         if version < wire::VERSION {
+            // A client below the lowest version needs to learn that lowest version.
             self.error(
                 0,
                 ErrorCode::UNSUPPORTED_VERSION,
@@ -214,23 +241,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             );
             return Flow::Close;
         }
-        let layout = self.shared.generator.layout();
-        Response::Welcome(Welcome {
-            version: wire::VERSION,
-            worker_id: self.shared.generator.worker(),
+        self.version = version.min(wire::MAX_VERSION);
+        let leaser = &self.shared.leaser;
+        let layout = leaser.first().layout();
+        let welcome = Welcome {
+            version: self.version,
+            worker_id: leaser.workers()[self.home].worker(),
             epoch_unix_ms: layout.epoch_unix_ms(),
             timestamp_bits: layout.timestamp_bits(),
             worker_bits: layout.worker_bits(),
             sequence_bits: layout.sequence_bits(),
             max_lease: layout.max_lease(),
             server_unix_ms: snowlease_proto::layout::unix_ms_now(),
-        })
-        .encode(&mut self.wbuf);
+        };
+        let response = if self.version >= wire::VERSION_2 {
+            Response::WelcomeV2 {
+                welcome,
+                workers: WorkerSet {
+                    first_worker: leaser.first().worker(),
+                    worker_count: leaser.workers().len() as u16,
+                    max_bulk: wire::MAX_BULK,
+                },
+            }
+        } else {
+            Response::Welcome(welcome)
+        };
+        response.encode(&mut self.wbuf);
         Flow::Continue
     }
 
     async fn lease(&mut self, request_id: u32, count: u32) -> io::Result<Flow> {
-        let max = self.shared.generator.layout().max_lease();
+        let max = self.shared.leaser.first().layout().max_lease();
         if count == 0 || count > max {
             self.metrics.lease(Outcome::Invalid, 0);
             self.error(
@@ -240,64 +281,69 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
             );
             return Ok(Flow::Continue);
         }
-        let mut durable_deadline = None;
-        loop {
-            match self.shared.generator.lease(count) {
-                Ok(lease) => {
-                    if let Some(at) = lease.hold_until_unix_ms {
-                        // A claim ahead of the lead: earlier replies go now, this one when
-                        // its tick is within max_lead of the clock.
-                        self.metrics.waited_lead();
-                        self.flush().await?;
-                        tokio::time::sleep_until(self.shared.clock.instant_at(at).into()).await;
-                    }
-                    let outcome = if lease.count == count {
-                        Outcome::Full
-                    } else {
-                        Outcome::Partial
-                    };
-                    self.metrics.lease(outcome, u64::from(lease.count));
-                    wire::encode_leased(&mut self.wbuf, request_id, lease.first_id, lease.count);
-                    return Ok(Flow::Continue);
-                }
-                Err(Refusal::Lead { until_unix_ms }) => {
-                    self.metrics.waited_lead();
-                    self.flush().await?;
-                    let at = self.shared.clock.instant_at(until_unix_ms);
-                    tokio::time::sleep_until(at.into()).await;
-                }
-                Err(Refusal::NotDurable) => {
-                    self.metrics.waited_durable();
-                    self.shared.wake_persister();
-                    let deadline =
-                        *durable_deadline.get_or_insert_with(|| Instant::now() + DURABLE_GIVE_UP);
-                    if Instant::now() >= deadline {
-                        self.metrics.lease(Outcome::Unavailable, 0);
-                        self.error(
-                            request_id,
-                            ErrorCode::UNAVAILABLE,
-                            "the state directory cannot be written; no ID can be made durable",
-                        );
-                        return Ok(Flow::Continue);
-                    }
-                    self.flush().await?;
-                    let raised = self.shared.durable_raised.notified();
-                    let _ = tokio::time::timeout(DURABLE_POLL, raised).await;
-                }
-                Err(Refusal::Exhausted) => {
-                    self.metrics.lease(Outcome::Unavailable, 0);
-                    let eol = snowlease_proto::layout::format_unix_ms(
-                        self.shared.generator.layout().end_of_life_unix_ms(),
-                    );
-                    self.error(
-                        request_id,
-                        ErrorCode::UNAVAILABLE,
-                        &format!("the layout's timestamp field ran out at {eol}"),
-                    );
-                    return Ok(Flow::Continue);
-                }
+        let shared = self.shared;
+        match shared.leaser.lease(self.home, count, self).await {
+            Ok(lease) => {
+                let outcome = if lease.count == count {
+                    Outcome::Full
+                } else {
+                    Outcome::Partial
+                };
+                self.metrics
+                    .lease_from(outcome, self.home, u64::from(lease.count));
+                wire::encode_leased(&mut self.wbuf, request_id, lease.first_id, lease.count);
+                Ok(Flow::Continue)
             }
+            Err(e) => self.refused(request_id, e),
         }
+    }
+
+    async fn bulk(&mut self, request_id: u32, count: u32) -> io::Result<Flow> {
+        if count == 0 || count > wire::MAX_BULK {
+            self.metrics.lease(Outcome::Invalid, 0);
+            self.error(
+                request_id,
+                ErrorCode::INVALID_COUNT,
+                &format!("bulk lease count {count} is outside 1..={}", wire::MAX_BULK),
+            );
+            return Ok(Flow::Continue);
+        }
+        let shared = self.shared;
+        match shared.leaser.bulk(self.home, count, self).await {
+            Ok(taken) => {
+                let mut total = 0u64;
+                let runs: Vec<Run> = taken
+                    .iter()
+                    .map(|(w, run)| {
+                        total += u64::from(run.count);
+                        self.metrics.issued(*w, u64::from(run.count));
+                        Run {
+                            first_id: run.first_id,
+                            count: run.count,
+                        }
+                    })
+                    .collect();
+                let outcome = if total == u64::from(count) {
+                    Outcome::Full
+                } else {
+                    Outcome::Partial
+                };
+                self.metrics.lease_from(outcome, self.home, 0);
+                wire::encode_bulk_leased(&mut self.wbuf, request_id, &runs);
+                Ok(Flow::Continue)
+            }
+            Err(e) => self.refused(request_id, e),
+        }
+    }
+
+    /// Answers a lease the leaser could not grant: UNAVAILABLE, connection kept.
+    fn refused(&mut self, request_id: u32, e: LeaseError) -> io::Result<Flow> {
+        if let LeaseError::Io(e) = e {
+            return Err(e);
+        }
+        self.metrics.lease(Outcome::Unavailable, 0);
+        self.error(request_id, ErrorCode::UNAVAILABLE, &e.to_string());
+        Ok(Flow::Continue)
     }
 
     fn error(&mut self, request_id: u32, code: ErrorCode, message: &str) {
@@ -355,6 +401,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
     }
 }
 
+impl<S: AsyncRead + AsyncWrite + Unpin> Waits for Conn<'_, S> {
+    /// Counts the wait and sends what is already encoded, so a waiting lease never holds back
+    /// the replies before it.
+    async fn before_wait(&mut self, why: Wait) -> io::Result<()> {
+        self.metrics.waited(why);
+        self.flush().await
+    }
+}
+
 /// Sends OVERLOADED to a connection turned away at the cap and closes it gently (half-close,
 /// brief linger), so the frame is not lost to a reset if the client already sent something.
 pub async fn turn_away<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, frame: &[u8]) {
@@ -374,6 +429,18 @@ pub async fn turn_away<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, frame: 
         }
     })
     .await;
+}
+
+/// The frame sent to a connection turned away at the per-peer cap.
+pub fn peer_overloaded_frame(ip: IpAddr, max: usize) -> BytesMut {
+    let mut b = BytesMut::new();
+    wire::encode_error(
+        &mut b,
+        0,
+        ErrorCode::OVERLOADED,
+        &format!("{ip} is at the limit of {max} connections per peer (--max-connections-per-peer); retry later or elsewhere"),
+    );
+    b
 }
 
 /// The frame sent to a connection turned away at the cap.

@@ -14,119 +14,22 @@
 //! its tick ([`Lease::hold_until_unix_ms`]): claims are granted in arrival order, so callers
 //! waiting for time are served first come, first served instead of racing for each new tick.
 //! Past the horizon, and past the durable limit that the persistence task raises (see
-//! `state`), it refuses with [`Refusal`] saying when to retry, so the async caller waits
-//! without spinning and without holding anything.
+//! `persist`), it refuses with [`Refusal`] saying when to retry, so the async caller waits
+//! without spinning and without holding anything. With a claim limit
+//! ([`Generator::with_claim_limit`]) only small leases may claim: large ones wait for time in
+//! a first-come queue (see `lease`) instead of queueing whole ticks in front of everybody, which
+//! is what keeps a count=1 lease fast while hundreds of connections drain whole ticks.
+//!
+//! A bulk lease ([`Generator::lease_run`]) takes every position from the current one up to
+//! `max_lead` ticks ahead of the clock (and the durable limit) in one compare-and-swap: a run
+//! of consecutive positions that may span many ticks, never a claim.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
-use snowlease_proto::layout::unix_ms_now;
 use snowlease_proto::Layout;
 
-/// A source of Unix milliseconds for the generator.
-pub trait Clock: Send + Sync + 'static {
-    /// The current time in Unix milliseconds. Need not be monotonic: the generator never
-    /// moves its tick backwards whatever this returns.
-    fn now_unix_ms(&self) -> u64;
-}
-
-/// The production clock: wall time read once at start, then advanced by the monotonic clock,
-/// so an NTP step back while running cannot pull ticks backwards. [`MonotonicClock::resync`]
-/// lets it jump *forward* to the wall clock (always safe) and counts steps in both directions.
-#[derive(Debug)]
-pub struct MonotonicClock {
-    anchor: Instant,
-    /// Unix ms that `anchor` stands for; only ever raised.
-    offset_unix_ms: AtomicU64,
-    steps_back: AtomicU64,
-    steps_forward: AtomicU64,
-    /// Wall minus monotonic at the last resync (0 when the wall clock was ahead or level).
-    last_diff: AtomicI64,
-}
-
-/// Deviation between the wall clock and the monotonic estimate that counts as a clock step.
-/// NTP slews at most 0.5 ms/s, so 50 ms apart cannot be slew between two resyncs a second apart.
-pub const CLOCK_STEP_THRESHOLD_MS: u64 = 50;
-
-impl MonotonicClock {
-    /// Anchors to the wall clock now.
-    pub fn new() -> MonotonicClock {
-        Self::at_least(0)
-    }
-
-    /// Anchors to the wall clock now, or to `min_unix_ms` if the wall clock is behind it: after
-    /// a restart with the clock set back, the clock starts at the persisted mark and the
-    /// server's time runs ahead of the wall clock until the wall clock catches up.
-    pub fn at_least(min_unix_ms: u64) -> MonotonicClock {
-        let wall = unix_ms_now();
-        let start = wall.max(min_unix_ms);
-        MonotonicClock {
-            anchor: Instant::now(),
-            offset_unix_ms: AtomicU64::new(start),
-            steps_back: AtomicU64::new(0),
-            steps_forward: AtomicU64::new(0),
-            // Starting ahead of the wall clock is a standing gap, not a step.
-            last_diff: AtomicI64::new(wall as i64 - start as i64),
-        }
-    }
-
-    /// Compares with the wall clock: a wall clock ahead by more than the threshold moves this
-    /// clock forward to it; a wall clock that fell back by more than the threshold since the
-    /// last check is counted and ignored (a standing gap, e.g. after starting from the
-    /// persisted mark, is not a new step). Returns wall minus monotonic ms.
-    pub fn resync(&self) -> i64 {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let elapsed = self.anchor.elapsed().as_millis() as u64;
-        let ours = self.now_unix_ms();
-        let diff = wall as i64 - ours as i64;
-        let threshold = CLOCK_STEP_THRESHOLD_MS as i64;
-        let previous = self.last_diff.swap(diff.min(0), Ordering::AcqRel);
-        if diff > threshold {
-            self.offset_unix_ms
-                .fetch_max(wall.saturating_sub(elapsed), Ordering::AcqRel);
-            self.steps_forward.fetch_add(1, Ordering::Relaxed);
-        } else if diff < previous - threshold {
-            self.steps_back.fetch_add(1, Ordering::Relaxed);
-        }
-        diff
-    }
-
-    /// Clock steps seen by [`resync`](Self::resync): `(back, forward)`.
-    pub fn steps(&self) -> (u64, u64) {
-        (
-            self.steps_back.load(Ordering::Relaxed),
-            self.steps_forward.load(Ordering::Relaxed),
-        )
-    }
-
-    /// The `Instant` at which this clock will read `unix_ms`, for timers.
-    pub fn instant_at(&self, unix_ms: u64) -> Instant {
-        let offset = self.offset_unix_ms.load(Ordering::Acquire);
-        self.anchor + Duration::from_millis(unix_ms.saturating_sub(offset))
-    }
-}
-
-impl Default for MonotonicClock {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Clock for MonotonicClock {
-    fn now_unix_ms(&self) -> u64 {
-        self.offset_unix_ms.load(Ordering::Acquire) + self.anchor.elapsed().as_millis() as u64
-    }
-}
-
-impl<C: Clock> Clock for std::sync::Arc<C> {
-    fn now_unix_ms(&self) -> u64 {
-        (**self).now_unix_ms()
-    }
-}
+pub use crate::clock::{Clock, MonotonicClock, CLOCK_STEP_THRESHOLD_MS};
 
 /// A contiguous run of IDs: `first_id .. first_id + count`, all in one tick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,17 +146,77 @@ pub fn plan(
     })
 }
 
+/// What [`Generator::lease_run`] took: `count` IDs at consecutive positions from `first_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunLease {
+    /// First ID of the run.
+    pub first_id: u64,
+    /// IDs in the run, at least 1.
+    pub count: u32,
+    /// Tick of the first ID.
+    pub first_tick: u64,
+    /// Tick of the last ID.
+    pub last_tick: u64,
+}
+
+/// What [`plan_run`] decided: claim positions `start .. next`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunPlan {
+    /// First position of the run.
+    pub start: u64,
+    /// The position to store if the CAS wins (one past the run).
+    pub next: u64,
+}
+
+/// The pure step of a bulk lease: from the current position, the clock's tick and the durable
+/// limit, the longest run of at most `max` positions that stays within `max_lead` of the
+/// clock, below the durable limit and inside the layout. Refuses like [`plan`], but never
+/// claims beyond `max_lead`.
+pub fn plan_run(
+    p: &Params,
+    current: u64,
+    now_tick: u64,
+    durable_limit: u64,
+    max: u32,
+) -> Result<RunPlan, Refusal> {
+    let sb = p.sequence_bits;
+    let start = current.max(now_tick.saturating_mul(u64::from(p.max_lease)));
+    let tick = start >> sb;
+    if tick > p.max_tick {
+        return Err(Refusal::Exhausted);
+    }
+    let frontier = now_tick.saturating_add(p.max_lead);
+    if tick > frontier {
+        return Err(Refusal::Lead {
+            until_unix_ms: tick - p.max_lead,
+        });
+    }
+    if tick >= durable_limit {
+        return Err(Refusal::NotDurable);
+    }
+    let end_tick = frontier.min(durable_limit - 1).min(p.max_tick);
+    let end = (end_tick + 1) << sb;
+    let next = end.min(start + u64::from(max.max(1)));
+    Ok(RunPlan { start, next })
+}
+
 /// Hands out runs of IDs to any number of threads. See the module docs.
 #[derive(Debug)]
 pub struct Generator<C> {
     position: CachePadded<AtomicU64>,
     /// First tick not yet durably reserved; `u64::MAX` without persistence. Written rarely.
     durable_limit: CachePadded<AtomicU64>,
-    /// Ticks started ahead of the clock; touched at most once per tick.
+    /// Ticks started ahead of the clock, and the highest tick a lease found not yet durable
+    /// (what the persister must reserve next); each touched at most once per tick.
     borrowed: CachePadded<AtomicU64>,
+    demand: AtomicU64,
+    /// The position the generator started at: anything above it was issued by this process.
+    start_position: u64,
     layout: Layout,
     worker: u16,
     params: Params,
+    /// Leases above this count may not claim beyond `max_lead`.
+    claim_limit: u32,
     clock: C,
 }
 
@@ -287,11 +250,26 @@ impl<C: Clock> Generator<C> {
             position: CachePadded::new(AtomicU64::new(start)),
             durable_limit: CachePadded::new(AtomicU64::new(u64::MAX)),
             borrowed: CachePadded::new(AtomicU64::new(0)),
+            demand: AtomicU64::new(0),
+            start_position: start,
             layout,
             worker: worker as u16,
+            claim_limit: u32::MAX,
             params,
             clock,
         })
+    }
+
+    /// Only leases of at most `count` IDs may claim beyond `max_lead` (see the module docs);
+    /// larger ones are refused with [`Refusal::Lead`] instead. Without it every size may claim.
+    pub fn with_claim_limit(mut self, count: u32) -> Self {
+        self.claim_limit = count;
+        self
+    }
+
+    /// Whether a lease of `n` may claim beyond `max_lead`.
+    pub fn may_claim(&self, n: u32) -> bool {
+        n <= self.claim_limit
     }
 
     /// Lets callers claim runs up to `ticks` beyond `max_lead`, to be held until the lease's
@@ -307,15 +285,12 @@ impl<C: Clock> Generator<C> {
         let now_tick = self.now_tick();
         let limit = self.durable_limit.load(Ordering::Acquire);
         let mut current = self.position.load(Ordering::Acquire);
+        let mut params = self.params;
+        if !self.may_claim(n) {
+            params.horizon = 0;
+        }
         loop {
-            let plan = plan(&self.params, current, now_tick, limit, n).map_err(|r| match r {
-                Refusal::Lead {
-                    until_unix_ms: tick,
-                } => Refusal::Lead {
-                    until_unix_ms: tick + self.layout.epoch_unix_ms(),
-                },
-                other => other,
-            })?;
+            let plan = plan(&params, current, now_tick, limit, n).map_err(|r| self.refusal(r))?;
             match self.position.compare_exchange_weak(
                 current,
                 plan.next,
@@ -341,6 +316,81 @@ impl<C: Clock> Generator<C> {
                 Err(actual) => current = actual,
             }
         }
+    }
+
+    /// Takes up to `max` IDs at consecutive positions in one step: from the current position
+    /// to `max_lead` ticks ahead of the clock, the durable limit or the layout's end, whichever
+    /// comes first. Never claims beyond `max_lead`.
+    pub fn lease_run(&self, max: u32) -> Result<RunLease, Refusal> {
+        let now_tick = self.now_tick();
+        let limit = self.durable_limit.load(Ordering::Acquire);
+        let mut current = self.position.load(Ordering::Acquire);
+        loop {
+            let run = plan_run(&self.params, current, now_tick, limit, max)
+                .map_err(|r| self.refusal(r))?;
+            match self.position.compare_exchange_weak(
+                current,
+                run.next,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    let sb = self.params.sequence_bits;
+                    let first_tick = run.start >> sb;
+                    let last_tick = (run.next - 1) >> sb;
+                    // Ticks this run started ahead of the clock (each once: a tick is started
+                    // by the lease that takes its sequence 0).
+                    let first_new = first_tick + u64::from(run.start & self.mask() != 0);
+                    let borrowed = (first_new.max(now_tick + 1)..=last_tick).count() as u64;
+                    if borrowed > 0 {
+                        self.borrowed.fetch_add(borrowed, Ordering::Relaxed);
+                    }
+                    return Ok(RunLease {
+                        first_id: self.layout.compose(
+                            first_tick,
+                            self.worker,
+                            (run.start & self.mask()) as u32,
+                        ),
+                        count: (run.next - run.start) as u32,
+                        first_tick,
+                        last_tick,
+                    });
+                }
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    fn mask(&self) -> u64 {
+        u64::from(self.params.max_lease) - 1
+    }
+
+    /// A refusal from the pure planner, in Unix ms, noting the demand a durability refusal
+    /// reveals so the persister reserves what leases are waiting for.
+    fn refusal(&self, r: Refusal) -> Refusal {
+        match r {
+            Refusal::Lead {
+                until_unix_ms: tick,
+            } => Refusal::Lead {
+                until_unix_ms: tick + self.layout.epoch_unix_ms(),
+            },
+            Refusal::NotDurable => {
+                let wanted = self.next_tick().max(self.now_tick());
+                self.demand.fetch_max(wanted, Ordering::AcqRel);
+                Refusal::NotDurable
+            }
+            other => other,
+        }
+    }
+
+    /// Whether this generator issued anything since it was built.
+    pub fn issued_any(&self) -> bool {
+        self.position.load(Ordering::Acquire) != self.start_position
+    }
+
+    /// The highest tick a lease found not yet durable (0 if none ever did).
+    pub fn demand_tick(&self) -> u64 {
+        self.demand.load(Ordering::Acquire)
     }
 
     /// The clock's current tick (0 before the epoch).
@@ -413,9 +463,13 @@ impl<C: Clock> Generator<C> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use std::collections::HashSet;
+    use std::sync::atomic::AtomicI64;
     use std::sync::Arc;
+
+    use snowlease_proto::layout::unix_ms_now;
 
     use proptest::prelude::*;
 

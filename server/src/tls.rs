@@ -233,6 +233,7 @@ pub async fn handshake(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -225,10 +225,17 @@ async fn version_zero_is_unsupported_and_closes() {
         token: Default::default(),
     })
     .await;
-    let Some(Response::Welcome(w)) = c.response().await else {
-        panic!("no welcome")
+    // Version 2 added bulk leases, so "the version both speak" is now 2 (a version-1 client,
+    // HELLO version 1, still gets exactly the version-1 WELCOME: see hello_is_answered_...).
+    let Some(Response::WelcomeV2 {
+        welcome: w,
+        workers,
+    }) = c.response().await
+    else {
+        panic!("no version-2 welcome")
     };
-    assert_eq!(w.version, 1);
+    assert_eq!(w.version, 2);
+    assert_eq!((workers.first_worker, workers.worker_count), (1, 1));
 }
 
 #[tokio::test]

@@ -237,6 +237,53 @@ impl Layout {
     }
 }
 
+impl Layout {
+    /// The position of an ID inside its worker's sequence space: `tick << sequence_bits |
+    /// sequence`. Positions of one worker only grow as IDs are issued, one per ID.
+    pub fn position(&self, id: u64) -> u64 {
+        let p = self.decompose(id);
+        (p.tick << self.sequence_bits) | u64::from(p.sequence)
+    }
+
+    /// The ID at `position` of `worker`, or `None` past the last tick.
+    pub fn id_at(&self, worker: u16, position: u64) -> Option<u64> {
+        let tick = position >> self.sequence_bits;
+        (tick <= self.max_tick()).then(|| {
+            let sequence = (position & u64::from(self.max_lease() - 1)) as u32;
+            self.compose(tick, worker, sequence)
+        })
+    }
+
+    /// Expands a BULK_LEASED run (`count` IDs at consecutive positions of the worker of
+    /// `first_id`) into blocks `(first_id, count)` of consecutive integers, each inside one
+    /// tick, in order. Stops early if the run would pass the layout's last tick, so a hostile
+    /// run can never wrap into small IDs; callers check [`Layout::run_fits`] first.
+    pub fn blocks(&self, first_id: u64, count: u32) -> impl Iterator<Item = (u64, u32)> + '_ {
+        let worker = self.decompose(first_id).worker;
+        let per_tick = u64::from(self.max_lease());
+        let mut position = self.position(first_id);
+        let mut left = u64::from(count);
+        std::iter::from_fn(move || {
+            if left == 0 {
+                return None;
+            }
+            let room = per_tick - (position & (per_tick - 1));
+            let take = room.min(left);
+            let id = self.id_at(worker, position)?;
+            position += take;
+            left -= take;
+            Some((id, take as u32))
+        })
+    }
+
+    /// Whether a run of `count` IDs starting at `first_id` stays within the layout's last
+    /// tick (and `count` is at least 1).
+    pub fn run_fits(&self, first_id: u64, count: u32) -> bool {
+        let last = self.position(first_id) + u64::from(count);
+        count >= 1 && (last - 1) >> self.sequence_bits <= self.max_tick()
+    }
+}
+
 impl Default for Layout {
     fn default() -> Self {
         Layout::DEFAULT
@@ -298,10 +345,40 @@ pub fn unix_ms_now() -> u64 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn a_run_expands_into_blocks_that_each_stay_inside_one_tick() {
+        let l = Layout::DEFAULT;
+        let first = l.compose(100, 7, 4000);
+        let blocks: Vec<_> = l.blocks(first, 96 + 4096 + 10).collect();
+        assert_eq!(
+            blocks,
+            vec![
+                (first, 96),
+                (l.compose(101, 7, 0), 4096),
+                (l.compose(102, 7, 0), 10)
+            ]
+        );
+        assert_eq!(l.position(l.compose(102, 7, 9)), (102 << 12) | 9);
+        assert_eq!(l.id_at(7, (102 << 12) | 9), Some(l.compose(102, 7, 9)));
+    }
+
+    #[test]
+    fn a_run_past_the_last_tick_does_not_fit_and_never_wraps() {
+        let l = Layout::widths(0, 16, 16, 31).unwrap();
+        let last = l.compose(l.max_tick(), 3, 0);
+        assert!(l.run_fits(last, u32::MAX >> 1));
+        assert!(!l.run_fits(last, u32::MAX));
+        assert!(!l.run_fits(last, 0));
+        // Expanding anyway stops at the end of the layout instead of wrapping to tick 0.
+        let total: u64 = l.blocks(last, u32::MAX).map(|(_, n)| u64::from(n)).sum();
+        assert_eq!(total, u64::from(l.max_lease()));
+    }
 
     #[test]
     fn default_layout_ends_on_2093_09_06() {
@@ -384,6 +461,23 @@ mod tests {
         ) {
             let l = Layout::DEFAULT;
             prop_assert_eq!(l.compose(a.0, a.1, a.2).cmp(&l.compose(b.0, b.1, b.2)), a.cmp(&b));
+        }
+
+        #[test]
+        fn blocks_cover_exactly_the_run_in_order(tick in 0u64..1_000_000, seq in 0u32..4096, count in 1u32..100_000, worker in 0u16..1024) {
+            let l = Layout::DEFAULT;
+            let first = l.compose(tick, worker, seq);
+            let mut next = l.position(first);
+            let mut total = 0u64;
+            for (id, n) in l.blocks(first, count) {
+                let p = l.decompose(id);
+                prop_assert_eq!(p.worker, worker);
+                prop_assert_eq!(l.position(id), next);
+                prop_assert!(u64::from(p.sequence) + u64::from(n) <= 4096);
+                next += u64::from(n);
+                total += u64::from(n);
+            }
+            prop_assert_eq!(total, u64::from(count));
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Wire format v1: a pure codec over `BytesMut`, shared by the server, the client, snowcat and
+//! Wire format, versions 1 and 2: a pure codec over `BytesMut`, shared by the server, the client, snowcat and
 //! the fuzz targets. No sockets, no clocks, no tokio.
 //!
 //! Bytes flow in through [`decode_request`] / [`decode_response`], which look at the 4-byte
@@ -13,8 +13,13 @@ use std::fmt;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
-/// Protocol version this crate speaks.
+/// Protocol version 1, the base protocol: what a client that does not use bulk leases sends in
+/// HELLO, and what a connection without HELLO speaks.
 pub const VERSION: u16 = 1;
+/// Protocol version 2: adds BULK_LEASE / BULK_LEASED and the worker set in WELCOME.
+pub const VERSION_2: u16 = 2;
+/// The highest version this codec (and the server) speaks.
+pub const MAX_VERSION: u16 = VERSION_2;
 /// Bytes of the length prefix.
 pub const LEN_PREFIX: usize = 4;
 /// Largest value the length prefix may carry (opcode + body), in either direction.
@@ -24,6 +29,18 @@ pub const MAX_FRAME_LEN: u32 = 1024;
 pub const MAX_ERROR_MESSAGE: usize = MAX_FRAME_LEN as usize - 1 - 4 - 2 - 2;
 /// Longest HELLO token (its length travels in one byte).
 pub const MAX_TOKEN_LEN: usize = 255;
+/// Most runs one BULK_LEASED carries: what fits in [`MAX_FRAME_LEN`] after the opcode, the
+/// request id and the run count, at 12 bytes a run.
+pub const MAX_RUNS: usize = (MAX_FRAME_LEN as usize - 1 - 4 - 2) / RUN_BYTES;
+/// Bytes of one run in BULK_LEASED: `first_id` (u64) and `count` (u32).
+pub const RUN_BYTES: usize = 12;
+/// Largest count a BULK_LEASE may ask for: 2^22 IDs, about one second of one worker at its
+/// ceiling. A server grants at most what its workers hold within their lead, so the limit
+/// only bounds what a request may say, not what a reply carries.
+pub const MAX_BULK: u32 = 1 << 22;
+/// WELCOME body bytes in version 1, and in version 2 with the worker set and `max_bulk`.
+const WELCOME_V1_BODY: usize = 27;
+const WELCOME_V2_BODY: usize = 35;
 
 /// Opcodes. Requests are 0x01..=0x7F; a reply is its request's opcode with the top bit set.
 pub mod opcode {
@@ -33,12 +50,16 @@ pub mod opcode {
     pub const LEASE: u8 = 0x02;
     /// Liveness and round-trip probe.
     pub const PING: u8 = 0x03;
+    /// Ask for many IDs, possibly from many ticks and workers (version 2).
+    pub const BULK_LEASE: u8 = 0x04;
     /// Reply to HELLO.
     pub const WELCOME: u8 = 0x81;
     /// Reply to LEASE.
     pub const LEASED: u8 = 0x82;
     /// Reply to PING.
     pub const PONG: u8 = 0x83;
+    /// Reply to BULK_LEASE: runs of IDs (version 2).
+    pub const BULK_LEASED: u8 = 0x84;
     /// Server is closing this connection; finish and go elsewhere.
     pub const GOAWAY: u8 = 0x8E;
     /// A request failed.
@@ -156,6 +177,54 @@ pub enum Request {
         /// Any value.
         nonce: u64,
     },
+    /// Ask for up to `count` IDs in runs (version 2 only).
+    BulkLease {
+        /// Echoed in the reply.
+        request_id: u32,
+        /// How many IDs, 1..=[`MAX_BULK`]; the reply may carry fewer.
+        count: u32,
+    },
+}
+
+impl Request {
+    /// The lowest protocol version in which this request exists.
+    pub fn min_version(&self) -> u16 {
+        match self {
+            Request::BulkLease { .. } => VERSION_2,
+            _ => VERSION,
+        }
+    }
+}
+
+/// `count` IDs of one worker at consecutive positions `(tick, sequence)`, starting at the
+/// position of `first_id`: the sequence runs to the end of its tick, then continues at
+/// sequence 0 of the next tick. [`Layout::blocks`](crate::layout::Layout::blocks) expands a
+/// run into blocks of consecutive integers, each inside one tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Run {
+    /// First ID of the run.
+    pub first_id: u64,
+    /// IDs in the run, at least 1.
+    pub count: u32,
+}
+
+/// What a version-2 WELCOME adds: the worker ids the server process holds and its bulk limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerSet {
+    /// First worker id of the contiguous set.
+    pub first_worker: u16,
+    /// How many worker ids, at least 1.
+    pub worker_count: u16,
+    /// Largest count a BULK_LEASE may ask for.
+    pub max_bulk: u32,
+}
+
+impl WorkerSet {
+    /// Whether `worker` is one of the set.
+    pub fn contains(&self, worker: u16) -> bool {
+        worker >= self.first_worker
+            && u32::from(worker) < u32::from(self.first_worker) + u32::from(self.worker_count)
+    }
 }
 
 /// The server's description of itself, sent in reply to HELLO.
@@ -182,8 +251,17 @@ pub struct Welcome {
 /// A frame a server sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
-    /// Reply to HELLO.
+    /// Reply to HELLO (27-byte body): version 1.
     Welcome(Welcome),
+    /// Reply to HELLO in version 2 and later (35-byte body): the version-1 fields, then the
+    /// worker set and the bulk limit. The codec pairs body and version only by size; a client
+    /// checks that a WELCOME naming version 2 is this one.
+    WelcomeV2 {
+        /// The version-1 fields.
+        welcome: Welcome,
+        /// The worker ids the server process holds, and its bulk limit.
+        workers: WorkerSet,
+    },
     /// Reply to LEASE: IDs `first_id .. first_id + count`.
     Leased {
         /// The request's id.
@@ -197,6 +275,13 @@ pub enum Response {
     Pong {
         /// The request's nonce.
         nonce: u64,
+    },
+    /// Reply to BULK_LEASE: 1..=[`MAX_RUNS`] runs.
+    BulkLeased {
+        /// The request's id.
+        request_id: u32,
+        /// The runs, in the order the server took them.
+        runs: Vec<Run>,
     },
     /// The server will close this connection after this frame.
     GoAway {
@@ -240,6 +325,9 @@ pub enum WireError {
     /// An ERROR message is not UTF-8.
     #[error("ERROR message is not valid UTF-8")]
     BadUtf8,
+    /// A BULK_LEASED run count outside 1..=[`MAX_RUNS`].
+    #[error("BULK_LEASED run count {0} is outside 1..={MAX_RUNS}")]
+    RunCount(u16),
 }
 
 /// Returns the length of the frame at the front of `src` once it is complete: `Ok(None)` if
@@ -301,6 +389,7 @@ pub fn decode_request(src: &mut BytesMut) -> Result<Option<Request>, WireError> 
         }
         opcode::LEASE => expect_body("LEASE", body, 8)?,
         opcode::PING => expect_body("PING", body, 8)?,
+        opcode::BULK_LEASE => expect_body("BULK_LEASE", body, 8)?,
         other => return Err(WireError::UnknownOpcode(other)),
     }
     let mut frame = src.split_to(total);
@@ -318,6 +407,10 @@ pub fn decode_request(src: &mut BytesMut) -> Result<Option<Request>, WireError> 
             request_id: frame.get_u32(),
             count: frame.get_u32(),
         },
+        opcode::BULK_LEASE => Request::BulkLease {
+            request_id: frame.get_u32(),
+            count: frame.get_u32(),
+        },
         _ => Request::Ping {
             nonce: frame.get_u64(),
         },
@@ -332,8 +425,20 @@ pub fn decode_response(src: &mut BytesMut) -> Result<Option<Response>, WireError
     let opcode = src[LEN_PREFIX];
     let body = &src[LEN_PREFIX + 1..total];
     match opcode {
-        opcode::WELCOME => expect_body("WELCOME", body, 27)?,
+        opcode::WELCOME if body.len() == WELCOME_V2_BODY => {}
+        opcode::WELCOME => expect_body("WELCOME", body, WELCOME_V1_BODY)?,
         opcode::LEASED => expect_body("LEASED", body, 16)?,
+        opcode::BULK_LEASED => {
+            let runs = if body.len() >= 6 {
+                u16::from_be_bytes([body[4], body[5]])
+            } else {
+                1
+            };
+            if runs == 0 || usize::from(runs) > MAX_RUNS {
+                return Err(WireError::RunCount(runs));
+            }
+            expect_body("BULK_LEASED", body, 6 + RUN_BYTES * usize::from(runs))?;
+        }
         opcode::PONG => expect_body("PONG", body, 8)?,
         opcode::GOAWAY => expect_body("GOAWAY", body, 2)?,
         opcode::ERROR => {
@@ -350,16 +455,41 @@ pub fn decode_response(src: &mut BytesMut) -> Result<Option<Response>, WireError
     let mut f = src.split_to(total);
     f.advance(LEN_PREFIX + 1);
     Ok(Some(match opcode {
-        opcode::WELCOME => Response::Welcome(Welcome {
-            version: f.get_u16(),
-            worker_id: f.get_u16(),
-            epoch_unix_ms: f.get_u64(),
-            timestamp_bits: f.get_u8(),
-            worker_bits: f.get_u8(),
-            sequence_bits: f.get_u8(),
-            max_lease: f.get_u32(),
-            server_unix_ms: f.get_u64(),
-        }),
+        opcode::WELCOME => {
+            let welcome = Welcome {
+                version: f.get_u16(),
+                worker_id: f.get_u16(),
+                epoch_unix_ms: f.get_u64(),
+                timestamp_bits: f.get_u8(),
+                worker_bits: f.get_u8(),
+                sequence_bits: f.get_u8(),
+                max_lease: f.get_u32(),
+                server_unix_ms: f.get_u64(),
+            };
+            if f.has_remaining() {
+                Response::WelcomeV2 {
+                    welcome,
+                    workers: WorkerSet {
+                        first_worker: f.get_u16(),
+                        worker_count: f.get_u16(),
+                        max_bulk: f.get_u32(),
+                    },
+                }
+            } else {
+                Response::Welcome(welcome)
+            }
+        }
+        opcode::BULK_LEASED => {
+            let request_id = f.get_u32();
+            let n = f.get_u16();
+            let runs = (0..n)
+                .map(|_| Run {
+                    first_id: f.get_u64(),
+                    count: f.get_u32(),
+                })
+                .collect();
+            Response::BulkLeased { request_id, runs }
+        }
         opcode::LEASED => Response::Leased {
             request_id: f.get_u32(),
             first_id: f.get_u64(),
@@ -410,6 +540,11 @@ impl Request {
                 put_header(dst, 8, opcode::PING);
                 dst.put_u64(*nonce);
             }
+            Request::BulkLease { request_id, count } => {
+                put_header(dst, 8, opcode::BULK_LEASE);
+                dst.put_u32(*request_id);
+                dst.put_u32(*count);
+            }
         }
     }
 
@@ -423,19 +558,14 @@ impl Request {
 
 impl Response {
     /// Appends the frame to `dst`. An ERROR message longer than [`MAX_ERROR_MESSAGE`] is cut
-    /// at a character boundary so the frame stays within [`MAX_FRAME_LEN`].
+    /// at a character boundary so the frame stays within [`MAX_FRAME_LEN`]; runs beyond
+    /// [`MAX_RUNS`] are cut.
     pub fn encode(&self, dst: &mut BytesMut) {
         match self {
-            Response::Welcome(w) => {
-                put_header(dst, 27, opcode::WELCOME);
-                dst.put_u16(w.version);
-                dst.put_u16(w.worker_id);
-                dst.put_u64(w.epoch_unix_ms);
-                dst.put_u8(w.timestamp_bits);
-                dst.put_u8(w.worker_bits);
-                dst.put_u8(w.sequence_bits);
-                dst.put_u32(w.max_lease);
-                dst.put_u64(w.server_unix_ms);
+            Response::Welcome(w) => encode_welcome(dst, w, None),
+            Response::WelcomeV2 { welcome, workers } => encode_welcome(dst, welcome, Some(workers)),
+            Response::BulkLeased { request_id, runs } => {
+                encode_bulk_leased(dst, *request_id, runs);
             }
             Response::Leased {
                 request_id,
@@ -466,12 +596,48 @@ impl Response {
     }
 }
 
+fn encode_welcome(dst: &mut BytesMut, w: &Welcome, workers: Option<&WorkerSet>) {
+    let body = if workers.is_some() {
+        WELCOME_V2_BODY
+    } else {
+        WELCOME_V1_BODY
+    };
+    put_header(dst, body, opcode::WELCOME);
+    dst.put_u16(w.version);
+    dst.put_u16(w.worker_id);
+    dst.put_u64(w.epoch_unix_ms);
+    dst.put_u8(w.timestamp_bits);
+    dst.put_u8(w.worker_bits);
+    dst.put_u8(w.sequence_bits);
+    dst.put_u32(w.max_lease);
+    dst.put_u64(w.server_unix_ms);
+    if let Some(set) = workers {
+        dst.put_u16(set.first_worker);
+        dst.put_u16(set.worker_count);
+        dst.put_u32(set.max_bulk);
+    }
+}
+
 /// Appends a LEASED frame without building a [`Response`] first (the server's hot path).
 pub fn encode_leased(dst: &mut BytesMut, request_id: u32, first_id: u64, count: u32) {
     put_header(dst, 16, opcode::LEASED);
     dst.put_u32(request_id);
     dst.put_u64(first_id);
     dst.put_u32(count);
+}
+
+/// Appends a BULK_LEASED frame carrying the first [`MAX_RUNS`] of `runs` (at least one run
+/// must be given; an empty slice encodes a frame the decoder refuses, so callers never pass
+/// one).
+pub fn encode_bulk_leased(dst: &mut BytesMut, request_id: u32, runs: &[Run]) {
+    let runs = &runs[..runs.len().min(MAX_RUNS)];
+    put_header(dst, 6 + RUN_BYTES * runs.len(), opcode::BULK_LEASED);
+    dst.put_u32(request_id);
+    dst.put_u16(runs.len() as u16);
+    for run in runs {
+        dst.put_u64(run.first_id);
+        dst.put_u32(run.count);
+    }
 }
 
 /// Appends an ERROR frame, cutting `message` to fit.
@@ -489,6 +655,7 @@ pub fn encode_error(dst: &mut BytesMut, request_id: u32, code: ErrorCode, messag
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use proptest::prelude::*;
 
@@ -606,6 +773,84 @@ mod tests {
         assert!(ErrorCode::MALFORMED.closes_connection());
     }
 
+    #[test]
+    fn a_version_2_welcome_carries_the_worker_set_and_a_version_1_one_does_not() {
+        let welcome = Welcome {
+            version: 2,
+            worker_id: 64,
+            epoch_unix_ms: 1_704_067_200_000,
+            timestamp_bits: 41,
+            worker_bits: 10,
+            sequence_bits: 12,
+            max_lease: 4096,
+            server_unix_ms: 1_764_288_000_000,
+        };
+        let v2 = Response::WelcomeV2 {
+            welcome,
+            workers: WorkerSet {
+                first_worker: 64,
+                worker_count: 32,
+                max_bulk: MAX_BULK,
+            },
+        };
+        let b = v2.to_bytes();
+        assert_eq!(b.len(), 4 + 1 + 35);
+        assert_eq!(hex(&b[b.len() - 8..]), "0040002000400000");
+        let mut buf = b.clone();
+        assert_eq!(decode_response(&mut buf), Ok(Some(v2)));
+        assert_eq!(Response::Welcome(welcome).to_bytes().len(), 4 + 1 + 27);
+        // Any other body size is malformed.
+        let mut odd = b.clone();
+        odd.truncate(4 + 1 + 30);
+        odd[3] = 31;
+        assert!(matches!(
+            decode_response(&mut odd),
+            Err(WireError::BodySize {
+                name: "WELCOME",
+                ..
+            })
+        ));
+        assert!(WorkerSet {
+            first_worker: 64,
+            worker_count: 32,
+            max_bulk: 1
+        }
+        .contains(95));
+    }
+
+    #[test]
+    fn bulk_leased_run_counts_outside_the_limit_are_malformed() {
+        let run = Run {
+            first_id: 1,
+            count: 2,
+        };
+        let mut buf = Response::BulkLeased {
+            request_id: 9,
+            runs: vec![run; 3],
+        }
+        .to_bytes();
+        assert_eq!(buf.len(), 4 + 1 + 6 + 36);
+        assert_eq!(
+            decode_response(&mut buf),
+            Ok(Some(Response::BulkLeased {
+                request_id: 9,
+                runs: vec![run; 3]
+            }))
+        );
+        let mut zero = BytesMut::from(&[0, 0, 0, 7, opcode::BULK_LEASED, 0, 0, 0, 9, 0, 0][..]);
+        assert_eq!(decode_response(&mut zero), Err(WireError::RunCount(0)));
+        let mut many = BytesMut::from(&[0, 0, 0, 7, opcode::BULK_LEASED, 0, 0, 0, 9, 0, 85][..]);
+        assert_eq!(decode_response(&mut many), Err(WireError::RunCount(85)));
+        // More runs than fit are cut at MAX_RUNS, so the frame stays within the limit.
+        let long = Response::BulkLeased {
+            request_id: 1,
+            runs: vec![run; 200],
+        }
+        .to_bytes();
+        assert!(long.len() <= LEN_PREFIX + MAX_FRAME_LEN as usize);
+        assert_eq!(MAX_RUNS, 84);
+    }
+
     fn any_request() -> impl Strategy<Value = Request> {
         prop_oneof![
             (
@@ -619,6 +864,8 @@ mod tests {
             (any::<u32>(), any::<u32>())
                 .prop_map(|(request_id, count)| Request::Lease { request_id, count }),
             any::<u64>().prop_map(|nonce| Request::Ping { nonce }),
+            (any::<u32>(), any::<u32>())
+                .prop_map(|(request_id, count)| Request::BulkLease { request_id, count }),
         ]
     }
 
@@ -627,11 +874,12 @@ mod tests {
             (
                 any::<(u16, u16, u64, u8, u8, u8)>(),
                 any::<u32>(),
-                any::<u64>()
+                any::<u64>(),
+                proptest::option::of(any::<(u16, u16, u32)>()),
             )
                 .prop_map(
-                    |((version, worker_id, epoch_unix_ms, t, w, s), max_lease, now)| {
-                        Response::Welcome(Welcome {
+                    |((version, worker_id, epoch_unix_ms, t, w, s), max_lease, now, set)| {
+                        let welcome = Welcome {
                             version,
                             worker_id,
                             epoch_unix_ms,
@@ -640,7 +888,18 @@ mod tests {
                             sequence_bits: s,
                             max_lease,
                             server_unix_ms: now,
-                        })
+                        };
+                        match set {
+                            None => Response::Welcome(welcome),
+                            Some((first_worker, worker_count, max_bulk)) => Response::WelcomeV2 {
+                                welcome,
+                                workers: WorkerSet {
+                                    first_worker,
+                                    worker_count,
+                                    max_bulk,
+                                },
+                            },
+                        }
                     }
                 ),
             (any::<u32>(), any::<u64>(), any::<u32>()).prop_map(|(request_id, first_id, count)| {
@@ -651,6 +910,17 @@ mod tests {
                 }
             }),
             any::<u64>().prop_map(|nonce| Response::Pong { nonce }),
+            (
+                any::<u32>(),
+                proptest::collection::vec(any::<(u64, u32)>(), 1..=MAX_RUNS)
+            )
+                .prop_map(|(request_id, runs)| Response::BulkLeased {
+                    request_id,
+                    runs: runs
+                        .into_iter()
+                        .map(|(first_id, count)| Run { first_id, count })
+                        .collect(),
+                }),
             any::<u16>().prop_map(|reason| Response::GoAway { reason }),
             (any::<u32>(), any::<u16>(), ".{0,300}").prop_map(|(request_id, code, message)| {
                 let mut message: String = message;

@@ -172,6 +172,7 @@ fn json(decoded: &[(u64, Parts)]) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

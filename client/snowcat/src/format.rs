@@ -4,13 +4,14 @@
 //! Pure functions, so the exact text is unit-tested.
 
 use snowlease::layout::format_unix_ms;
-use snowlease::wire::{goaway, Response, Welcome};
+use snowlease::wire::{goaway, Response, Welcome, WorkerSet};
 use snowlease::Layout;
 
 /// One readable line for a reply.
 pub fn response_line(response: &Response, layout: &Layout) -> String {
     match response {
-        Response::Welcome(w) => welcome_line(w),
+        Response::Welcome(w) => welcome_line(w, None),
+        Response::WelcomeV2 { welcome, workers } => welcome_line(welcome, Some(workers)),
         Response::Leased {
             request_id,
             first_id,
@@ -19,6 +20,26 @@ pub fn response_line(response: &Response, layout: &Layout) -> String {
             "LEASED id={request_id} first={first_id} count={count} ({})",
             range_summary(*first_id, *count, layout)
         ),
+        Response::BulkLeased { request_id, runs } => {
+            let total: u64 = runs.iter().map(|r| u64::from(r.count)).sum();
+            let each: Vec<String> = runs
+                .iter()
+                .map(|r| {
+                    let blocks = layout.blocks(r.first_id, r.count).count();
+                    format!(
+                        "[first={} count={} ({}; {blocks} ticks)]",
+                        r.first_id,
+                        r.count,
+                        run_summary(r.first_id, r.count, layout)
+                    )
+                })
+                .collect();
+            format!(
+                "BULK_LEASED id={request_id} runs={} ids={total} {}",
+                runs.len(),
+                each.join(" ")
+            )
+        }
         Response::Pong { nonce } => format!("PONG nonce={nonce}"),
         Response::GoAway { reason } => {
             format!("GOAWAY reason={}({reason})", goaway::name(*reason))
@@ -31,8 +52,8 @@ pub fn response_line(response: &Response, layout: &Layout) -> String {
     }
 }
 
-fn welcome_line(w: &Welcome) -> String {
-    format!(
+fn welcome_line(w: &Welcome, workers: Option<&WorkerSet>) -> String {
+    let mut line = format!(
         "WELCOME version={} worker={} layout={}/{}/{} epoch={} max_lease={} server_time={}",
         w.version,
         w.worker_id,
@@ -42,7 +63,35 @@ fn welcome_line(w: &Welcome) -> String {
         format_unix_ms(w.epoch_unix_ms),
         w.max_lease,
         format_unix_ms(w.server_unix_ms)
-    )
+    );
+    if let Some(set) = workers {
+        let last = u32::from(set.first_worker) + u32::from(set.worker_count) - 1;
+        line.push_str(&format!(
+            " workers={}..={last} max_bulk={}",
+            set.first_worker, set.max_bulk
+        ));
+    }
+    line
+}
+
+/// A run's first and last ID decoded: worker, first and last tick and sequence.
+fn run_summary(first: u64, count: u32, layout: &Layout) -> String {
+    let start = layout.decompose(first);
+    let last = layout
+        .blocks(first, count)
+        .last()
+        .map(|(id, n)| layout.decompose(id + u64::from(n) - 1));
+    match last {
+        Some(last) => format!(
+            "worker {} {} seq {} .. {} seq {}",
+            start.worker,
+            format_unix_ms(start.unix_ms),
+            start.sequence,
+            format_unix_ms(last.unix_ms),
+            last.sequence
+        ),
+        None => format!("{start}"),
+    }
 }
 
 /// What a block of IDs decodes to. A block normally sits inside one tick of one worker, so its
@@ -78,6 +127,7 @@ pub fn welcome_layout(w: &Welcome) -> Option<Layout> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use snowlease::wire::ErrorCode;
 
@@ -116,6 +166,27 @@ mod tests {
             &layout,
         );
         assert!(line.contains("sequence 4095 .. "), "{line}");
+    }
+
+    #[test]
+    fn a_bulk_reply_shows_each_run_with_its_ticks() {
+        let layout = Layout::DEFAULT;
+        let first = layout.compose(1, 3, 4000);
+        let line = response_line(
+            &Response::BulkLeased {
+                request_id: 4,
+                runs: vec![snowlease::wire::Run {
+                    first_id: first,
+                    count: 96 + 4096,
+                }],
+            },
+            &layout,
+        );
+        assert!(
+            line.starts_with("BULK_LEASED id=4 runs=1 ids=4192 "),
+            "{line}"
+        );
+        assert!(line.contains("worker 3 2024-01-01T00:00:00.001Z seq 4000 .. 2024-01-01T00:00:00.002Z seq 4095; 2 ticks"), "{line}");
     }
 
     #[test]

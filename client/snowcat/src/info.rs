@@ -158,6 +158,7 @@ fn summary(rtts: &[Duration]) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -182,6 +182,7 @@ fn print_block(out: &mut impl Write, first: u64, count: u32, ranges: bool) -> st
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

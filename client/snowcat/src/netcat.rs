@@ -48,12 +48,16 @@ pub fn parse_line(line: &str, auto: &mut AutoIds) -> Result<Line, String> {
     let args: Vec<&str> = words.collect();
     let request = match command.as_str() {
         "lease" => parse_lease(&args, auto)?,
+        "bulk" => match parse_lease(&args, auto)? {
+            Request::Lease { request_id, count } => Request::BulkLease { request_id, count },
+            other => other,
+        },
         "ping" => parse_ping(&args, auto)?,
         "hello" => parse_hello(&args)?,
         "raw" => return parse_raw(&args).map(Line::Send),
         other => {
             return Err(format!(
-                "unknown command {other:?}; expected lease, ping, hello, raw or # comment"
+                "unknown command {other:?}; expected lease, bulk, ping, hello, raw or # comment"
             ))
         }
     };
@@ -130,7 +134,7 @@ fn parse_raw(args: &[&str]) -> Result<Bytes, String> {
     if digits.is_empty() {
         return Err("usage: raw HEX (spaces allowed between bytes)".into());
     }
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return Err(format!(
             "raw hex has an odd number of digits ({})",
             digits.len()
@@ -376,6 +380,7 @@ fn spawn_stdin_reader() -> mpsc::Receiver<std::io::Result<String>> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -47,6 +47,10 @@ impl Driver {
                 }
             }
             Response::Pong { .. } => Ok(()),
+            // This client speaks version 1, so a version-2 frame answers nothing it sent.
+            Response::BulkLeased { .. } | Response::WelcomeV2 { .. } => Err(protocol(
+                "a version-2 frame on a version-1 connection".to_owned(),
+            )),
             Response::GoAway { reason } => {
                 let conn = self.slots[index].conn_mut().ok_or(Error::Closed)?;
                 conn.draining = Some(reason);
