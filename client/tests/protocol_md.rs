@@ -19,8 +19,8 @@ use bytes::{Bytes, BytesMut};
 use clap::{CommandFactory, Parser};
 use snowlease::layout::format_unix_ms;
 use snowlease::wire::{
-    self, goaway, opcode, ErrorCode, Request, Response, Welcome, WireError, MAX_ERROR_MESSAGE,
-    MAX_FRAME_LEN, MAX_TOKEN_LEN,
+    self, goaway, opcode, ErrorCode, Request, Response, Run, Welcome, WireError, WorkerSet,
+    MAX_BULK, MAX_ERROR_MESSAGE, MAX_FRAME_LEN, MAX_RUNS, MAX_TOKEN_LEN,
 };
 use snowlease::Layout;
 use snowlease_server::config::{self, Args};
@@ -29,14 +29,16 @@ use snowlease_server::{conn, start, ServerConfig};
 /// Bounds every socket operation; each exchange here takes microseconds.
 const IO_LIMIT: Duration = Duration::from_secs(10);
 
-/// Every opcode of version 1 with its name, in the order of the opcode table.
-const OPCODES: [(u8, &str); 8] = [
+/// Every opcode (versions 1 and 2) with its name, in the order of the opcode table.
+const OPCODES: [(u8, &str); 10] = [
     (opcode::HELLO, "HELLO"),
     (opcode::LEASE, "LEASE"),
     (opcode::PING, "PING"),
+    (opcode::BULK_LEASE, "BULK_LEASE"),
     (opcode::WELCOME, "WELCOME"),
     (opcode::LEASED, "LEASED"),
     (opcode::PONG, "PONG"),
+    (opcode::BULK_LEASED, "BULK_LEASED"),
     (opcode::GOAWAY, "GOAWAY"),
     (opcode::ERROR, "ERROR"),
 ];
@@ -233,9 +235,30 @@ fn dump<'a>(all: &'a [Dump], title: &str) -> &'a Dump {
         .unwrap_or_else(|| panic!("protocol.md has no dump `hex: {title}`"))
 }
 
-/// The fields each frame's dump must annotate, in wire order.
+/// The fields a dump must annotate, in wire order. BULK_LEASED repeats `first_id, count` once
+/// per run; a WELCOME with a worker set is the version-2 one.
+fn dump_fields(d: &Dump) -> Vec<&'static str> {
+    match d.frame() {
+        "BULK_LEASED" => {
+            let mut names = vec!["length", "opcode", "request_id", "run_count"];
+            for _ in 0..d.int::<usize>("run_count") {
+                names.extend(["first_id", "count"]);
+            }
+            names
+        }
+        "WELCOME" if d.fields.iter().any(|f| f.name == "first_worker") => {
+            let mut names = expected_fields("WELCOME").to_vec();
+            names.extend(["first_worker", "worker_count", "max_bulk"]);
+            names
+        }
+        frame => expected_fields(frame).to_vec(),
+    }
+}
+
+/// The fields each fixed-size frame's dump must annotate, in wire order.
 fn expected_fields(frame: &str) -> &'static [&'static str] {
     match frame {
+        "BULK_LEASE" => &["length", "opcode", "request_id", "count"],
         "HELLO" => &["length", "opcode", "version", "token_len", "token"],
         "LEASE" => &["length", "opcode", "request_id", "count"],
         "PING" | "PONG" => &["length", "opcode", "nonce"],
@@ -269,8 +292,9 @@ fn expected_fields(frame: &str) -> &'static [&'static str] {
 fn width(field: &str) -> Option<usize> {
     Some(match field {
         "opcode" | "token_len" | "timestamp_bits" | "worker_bits" | "sequence_bits" => 1,
-        "version" | "worker_id" | "reason" | "code" | "message_len" => 2,
-        "length" | "request_id" | "count" | "max_lease" => 4,
+        "version" | "worker_id" | "reason" | "code" | "message_len" | "first_worker"
+        | "worker_count" | "run_count" => 2,
+        "length" | "request_id" | "count" | "max_lease" | "max_bulk" => 4,
         "nonce" | "epoch_unix_ms" | "server_unix_ms" | "first_id" => 8,
         _ => return None,
     })
@@ -330,16 +354,38 @@ fn build(d: &Dump) -> Frame {
         "PING" => Frame::Request(Request::Ping {
             nonce: d.int("nonce"),
         }),
-        "WELCOME" => Frame::Response(Response::Welcome(Welcome {
-            version: d.int("version"),
-            worker_id: d.int("worker_id"),
-            epoch_unix_ms: d.int("epoch_unix_ms"),
-            timestamp_bits: d.int("timestamp_bits"),
-            worker_bits: d.int("worker_bits"),
-            sequence_bits: d.int("sequence_bits"),
-            max_lease: d.int("max_lease"),
-            server_unix_ms: d.int("server_unix_ms"),
-        })),
+        "BULK_LEASE" => Frame::Request(Request::BulkLease {
+            request_id: d.int("request_id"),
+            count: d.int("count"),
+        }),
+        "WELCOME" => {
+            let welcome = Welcome {
+                version: d.int("version"),
+                worker_id: d.int("worker_id"),
+                epoch_unix_ms: d.int("epoch_unix_ms"),
+                timestamp_bits: d.int("timestamp_bits"),
+                worker_bits: d.int("worker_bits"),
+                sequence_bits: d.int("sequence_bits"),
+                max_lease: d.int("max_lease"),
+                server_unix_ms: d.int("server_unix_ms"),
+            };
+            if d.fields.iter().any(|f| f.name == "first_worker") {
+                Frame::Response(Response::WelcomeV2 {
+                    welcome,
+                    workers: WorkerSet {
+                        first_worker: d.int("first_worker"),
+                        worker_count: d.int("worker_count"),
+                        max_bulk: d.int("max_bulk"),
+                    },
+                })
+            } else {
+                Frame::Response(Response::Welcome(welcome))
+            }
+        }
+        "BULK_LEASED" => Frame::Response(Response::BulkLeased {
+            request_id: d.int("request_id"),
+            runs: runs(d),
+        }),
         "LEASED" => Frame::Response(Response::Leased {
             request_id: d.int("request_id"),
             first_id: d.int("first_id"),
@@ -358,6 +404,21 @@ fn build(d: &Dump) -> Frame {
         }),
         other => panic!("{d}: unknown frame {other:?}"),
     }
+}
+
+/// A BULK_LEASED dump's runs: its `first_id, count` pairs in order.
+fn runs(d: &Dump) -> Vec<Run> {
+    let int = |f: &Field| match f.value {
+        Value::Int(v) => v,
+        Value::Text(_) => panic!("{d}: {} is text", f.name),
+    };
+    d.fields[4..]
+        .chunks(2)
+        .map(|pair| Run {
+            first_id: int(&pair[0]),
+            count: u32::try_from(int(&pair[1])).expect("a u32 count"),
+        })
+        .collect()
 }
 
 fn encode(frame: &Frame) -> BytesMut {
@@ -384,7 +445,7 @@ fn every_hex_dump_is_exactly_what_the_codec_encodes_and_decodes() {
     assert!(all.len() >= 18, "only {} dumps found", all.len());
     for d in &all {
         let names: Vec<&str> = d.fields.iter().map(|f| f.name.as_str()).collect();
-        assert_eq!(names, expected_fields(d.frame()), "{d}: fields");
+        assert_eq!(names, dump_fields(d), "{d}: fields");
         for f in &d.fields {
             check_field(d, f);
         }
@@ -423,6 +484,9 @@ fn every_frame_every_error_code_and_every_goaway_reason_has_a_dump() {
         "WELCOME",
         "LEASED",
         "PONG",
+        "WELCOME v2",
+        "BULK_LEASE",
+        "BULK_LEASED",
     ]
     .map(String::from)
     .to_vec();
@@ -520,6 +584,10 @@ fn the_goaway_and_opcode_tables_match_the_constants() {
             count: 1,
         }),
         Frame::Request(Request::Ping { nonce: 0 }),
+        Frame::Request(Request::BulkLease {
+            request_id: 0,
+            count: 1,
+        }),
         Frame::Response(Response::Welcome(Welcome {
             version: 1,
             worker_id: 0,
@@ -536,6 +604,13 @@ fn the_goaway_and_opcode_tables_match_the_constants() {
             count: 1,
         }),
         Frame::Response(Response::Pong { nonce: 0 }),
+        Frame::Response(Response::BulkLeased {
+            request_id: 0,
+            runs: vec![Run {
+                first_id: 0,
+                count: 1,
+            }],
+        }),
         Frame::Response(Response::GoAway { reason: 0 }),
         Frame::Response(Response::Error {
             request_id: 0,
@@ -568,7 +643,7 @@ fn the_limits_table_matches_the_constants_and_the_server_defaults() {
     let rows = table(&doc, "| Limit | Default | Setting | Notes |");
     let by_name: HashMap<&str, &Vec<String>> = rows.iter().map(|r| (r[0].as_str(), r)).collect();
     let args = Args::try_parse_from(["snowlease-server"]).unwrap();
-    let expected: [(&str, u64); 12] = [
+    let expected: [(&str, u64); 20] = [
         ("Lease port", u64::from(config::DEFAULT_PORT)),
         ("Frame length (opcode + body)", u64::from(MAX_FRAME_LEN)),
         ("HELLO token", MAX_TOKEN_LEN as u64),
@@ -584,6 +659,20 @@ fn the_limits_table_matches_the_constants_and_the_server_defaults() {
         ("Drain timeout", args.drain_timeout_ms),
         ("Lead ahead of the clock", args.max_lead_ms),
         ("Reserved window", args.reserve_ms),
+        (
+            "Open connections per peer",
+            args.max_connections_per_peer as u64,
+        ),
+        ("First frame", args.first_frame_timeout_ms),
+        ("BULK_LEASE count (`max_bulk`)", u64::from(MAX_BULK)),
+        ("Runs per BULK_LEASED", MAX_RUNS as u64),
+        ("Worker ids per process", u64::from(args.workers_per_pod)),
+        ("Durability wait", args.durable_timeout_ms),
+        (
+            "Forward clock step followed at once",
+            args.clock_follow_max_ms,
+        ),
+        ("Forward clock step hold", args.clock_follow_after_ms),
     ];
     for (name, value) in expected {
         let row = by_name
@@ -768,29 +857,47 @@ fn a_live_server_welcomes_and_leases_as_documented() {
     let Frame::Response(Response::Welcome(documented)) = build(dump(&all_dumps, "WELCOME")) else {
         panic!("the WELCOME dump is not a WELCOME");
     };
-    // A client speaking a newer version is answered with the highest both speak.
+    // A version-1 client gets the version-1 WELCOME; a client speaking a newer version is
+    // answered with the highest both speak, 2, and its worker set.
     let mut requests = dump(&all_dumps, "HELLO").bytes();
     requests.extend(
         Request::Hello {
-            version: 2,
+            version: 3,
             token: Bytes::new(),
         }
         .to_bytes(),
     );
     requests.extend(dump(&all_dumps, "LEASE").bytes());
     s.write_all(&requests).unwrap();
-    for _ in 0..2 {
-        let Response::Welcome(w) = decode_reply(&read_frame(&mut s)) else {
-            panic!("HELLO was not answered with WELCOME");
-        };
-        assert_eq!(
-            w,
-            Welcome {
-                server_unix_ms: w.server_unix_ms,
-                ..documented
-            }
-        );
-    }
+    let Response::Welcome(w) = decode_reply(&read_frame(&mut s)) else {
+        panic!("HELLO version 1 was not answered with the version-1 WELCOME");
+    };
+    assert_eq!(
+        w,
+        Welcome {
+            server_unix_ms: w.server_unix_ms,
+            ..documented
+        }
+    );
+    let Response::WelcomeV2 { welcome, workers } = decode_reply(&read_frame(&mut s)) else {
+        panic!("HELLO version 3 was not answered with the version-2 WELCOME");
+    };
+    assert_eq!(
+        welcome,
+        Welcome {
+            version: 2,
+            server_unix_ms: welcome.server_unix_ms,
+            ..documented
+        }
+    );
+    assert_eq!(
+        workers,
+        WorkerSet {
+            first_worker: 7,
+            worker_count: 1,
+            max_bulk: MAX_BULK
+        }
+    );
     let Response::Leased {
         request_id,
         first_id,
@@ -845,4 +952,64 @@ fn an_exhausted_layout_answers_unavailable_with_the_documented_message() {
     let ours = format_unix_ms(layout.end_of_life_unix_ms());
     let default = format_unix_ms(Layout::DEFAULT.end_of_life_unix_ms());
     assert_eq!(message.replace(&ours, &default), documented.text("message"));
+}
+
+#[test]
+fn a_live_server_answers_bulk_leases_as_documented() {
+    let mut config = ServerConfig::for_tests(64);
+    config.worker_count = 2;
+    let server = start(config).unwrap();
+    let mut s = connect(server.lease_addr());
+    let all_dumps = dumps(&doc());
+    // Version 1 does not know BULK_LEASE: MALFORMED, then the connection closes.
+    let got = until_closed(server.lease_addr(), &dump(&all_dumps, "BULK_LEASE").bytes());
+    let Response::Error { code, .. } = decode_reply(&got) else {
+        panic!("BULK_LEASE on a version-1 connection was not refused");
+    };
+    assert_eq!(code, ErrorCode::MALFORMED);
+
+    let mut requests = Request::Hello {
+        version: 2,
+        token: Bytes::new(),
+    }
+    .to_bytes();
+    requests.extend(dump(&all_dumps, "BULK_LEASE").bytes());
+    Request::BulkLease {
+        request_id: 9,
+        count: 0,
+    }
+    .encode(&mut requests);
+    s.write_all(&requests).unwrap();
+    let Response::WelcomeV2 { workers, .. } = decode_reply(&read_frame(&mut s)) else {
+        panic!("no version-2 WELCOME");
+    };
+    assert_eq!((workers.first_worker, workers.worker_count), (64, 2));
+    let Response::BulkLeased { request_id, runs } = decode_reply(&read_frame(&mut s)) else {
+        panic!("BULK_LEASE was not answered with BULK_LEASED");
+    };
+    assert_eq!(request_id, 8);
+    let layout = Layout::DEFAULT;
+    let total: u64 = runs.iter().map(|r| u64::from(r.count)).sum();
+    assert!((1..=1_048_576).contains(&total), "{total} IDs");
+    for r in &runs {
+        assert!(
+            workers.contains(layout.decompose(r.first_id).worker),
+            "{r:?}"
+        );
+        assert!(layout.run_fits(r.first_id, r.count));
+        for (id, n) in layout.blocks(r.first_id, r.count) {
+            assert!(layout.decompose(id).sequence + n <= layout.max_lease());
+        }
+    }
+    let Response::Error {
+        request_id,
+        code,
+        message,
+    } = decode_reply(&read_frame(&mut s))
+    else {
+        panic!("a bulk count of 0 was not refused");
+    };
+    assert_eq!((request_id, code), (9, ErrorCode::INVALID_COUNT));
+    assert_eq!(message, "bulk lease count 0 is outside 1..=4194304");
+    server.abort();
 }
