@@ -86,13 +86,19 @@ impl Backoff {
     /// then a uniformly random point in `[base / 2, base]` ("equal jitter": never zero, so a
     /// dead server is not hammered, yet spread over half the window).
     pub fn delay(&self, attempt: u32) -> Duration {
+        self.delay_from(attempt, &mut fastrand::Rng::new())
+    }
+
+    /// [`Backoff::delay`] with the jitter drawn from `rng`, so the driver's decisions can be
+    /// replayed in tests from a seed.
+    pub(crate) fn delay_from(&self, attempt: u32, rng: &mut fastrand::Rng) -> Duration {
         let base = self
             .initial
             .saturating_mul(1u32 << attempt.min(20))
             .min(self.max);
         let half = base / 2;
         let spread = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
-        half + Duration::from_nanos(fastrand::u64(0..=spread))
+        half + Duration::from_nanos(rng.u64(0..=spread))
     }
 }
 

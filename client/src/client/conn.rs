@@ -23,13 +23,10 @@ use tokio_rustls::rustls::{pki_types::ServerName, ClientConfig};
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::Framed;
 
+use super::driver::ConnId;
 use super::Error;
 use crate::codec::{ClientCodec, CodecError};
 use crate::wire::{Request, Response};
-
-/// Identifies a connection for its whole life; never reused, so events from a connection
-/// the driver already dropped are recognised and ignored.
-pub(crate) type ConnId = u64;
 
 /// What a connection task reports.
 #[derive(Debug)]

@@ -4,20 +4,20 @@
 //! outstanding replies finish, and an ERROR ends the connection. Every `Err` returned here
 //! makes the driver drop the connection without using anything it sent.
 
-use tokio::time::Instant;
+use std::time::Instant;
+
 use tracing::{debug, info};
 
+use super::engine::{Action, Engine};
 use super::slots::Dest;
-use super::Driver;
 use crate::client::buffer::Block;
-use crate::client::shared::lock;
 use crate::client::verify::{self, Asked, Leased};
 use crate::client::{Error, IdRange};
 use crate::wire::{Response, Welcome};
 
-impl Driver {
+impl Engine {
     /// Applies one frame; an `Err` drops the connection.
-    pub(super) fn on_frame(
+    pub(super) fn apply_frame(
         &mut self,
         index: usize,
         frame: Response,
@@ -65,7 +65,7 @@ impl Driver {
     }
 
     fn on_welcome(&mut self, index: usize, w: &Welcome) -> Result<(), String> {
-        let layout = verify::check_welcome(w, self.shared.layout.get().copied())?;
+        let layout = verify::check_welcome(w, self.layout)?;
         if let Some(other) = self.slots.iter().find(|s| {
             s.conn()
                 .and_then(|c| c.ready)
@@ -85,15 +85,18 @@ impl Driver {
         conn.ready = Some((w.worker_id, w.max_lease));
         slot.failures = 0;
         slot.last_error = None;
-        let _ = self.shared.layout.set(layout);
-        *lock(&self.shared.fatal) = None;
         info!(addr = %slot.addr, worker_id = w.worker_id, %layout, "connected");
-        self.shared.refilled.notify_waiters();
+        if self.layout.is_none() {
+            self.layout = Some(layout);
+            self.act(Action::Layout(layout));
+        }
+        self.act(Action::Fatal(None));
+        self.act(Action::WakeWaiters);
         Ok(())
     }
 
     fn on_leased(&mut self, index: usize, reply: Leased, now: Instant) -> Result<(), String> {
-        let layout = self.shared.layout.get().copied().unwrap_or_default();
+        let layout = self.layout.unwrap_or_default();
         let conn = self.slots[index].conn_mut().ok_or("no connection")?;
         let (worker, _) = conn.ready.ok_or("LEASED before WELCOME")?;
         let asked = conn.outstanding.front().map(|o| Asked {
@@ -110,18 +113,22 @@ impl Driver {
             first: reply.first_id,
             count: reply.count,
         };
-        if let Dest::Caller(tx) = done.dest {
-            // If the caller gave up, the IDs are still good: buffer them.
-            if tx.send(Ok(range)).is_ok() {
-                return Ok(());
-            }
-        }
-        self.shared.buffer().push(Block {
+        let block = Block {
             next: range.first,
             end,
             received: now,
-        });
-        self.delivered = true;
+        };
+        match done.dest {
+            Dest::Caller(caller) => self.act(Action::Answer {
+                caller,
+                range,
+                block,
+            }),
+            Dest::Buffer => {
+                self.act(Action::Buffer(block));
+                self.delivered = true;
+            }
+        }
         Ok(())
     }
 }

@@ -7,18 +7,15 @@
 //! address is still listed. Addresses a resolution no longer lists are removed once their
 //! connection ends; new ones get slots that connect at once.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::time::Instant;
 
-use tokio::sync::oneshot;
-use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::{Driver, Event};
+use super::engine::{Action, CallerId, ConnId, Engine};
 use crate::client::config::Target;
-use crate::client::conn::{self, ConnHandle, ConnId, ConnParams};
-use crate::client::shared::lock;
-use crate::client::{Error, IdRange};
+use crate::client::Error;
 
 /// A configured endpoint.
 #[derive(Debug)]
@@ -51,10 +48,10 @@ pub(super) enum SlotState {
     Live(Conn),
 }
 
+/// A connection as the engine sees it; the shell holds the socket.
 #[derive(Debug)]
 pub(super) struct Conn {
     pub(super) id: ConnId,
-    pub(super) handle: ConnHandle,
     /// Set by the WELCOME: the server's worker id and largest LEASE.
     pub(super) ready: Option<(u16, u32)>,
     /// GOAWAY reason: send nothing more, reconnect once the outstanding replies are in.
@@ -71,10 +68,11 @@ pub(super) struct Outstanding {
     pub(super) dest: Dest,
 }
 
-#[derive(Debug)]
+/// Where a LEASE's range goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Dest {
     Buffer,
-    Caller(oneshot::Sender<Result<IdRange, Error>>),
+    Caller(CallerId),
 }
 
 impl Slot {
@@ -115,7 +113,7 @@ impl Slot {
     }
 }
 
-impl Driver {
+impl Engine {
     pub(super) fn resolve_and_connect(&mut self, now: Instant) {
         for index in 0..self.endpoints.len() {
             let ep = &self.endpoints[index];
@@ -132,7 +130,7 @@ impl Driver {
                         .is_some_and(|t| t <= now && ep.resolved_at.is_none_or(|r| r < t))
             });
             if now >= ep.next_resolve || stale_for_slot {
-                self.spawn_resolve(index, name.clone());
+                self.start_resolve(index, name.clone());
             }
         }
         for index in 0..self.slots.len() {
@@ -151,36 +149,11 @@ impl Driver {
         }
     }
 
-    fn spawn_resolve(&mut self, index: usize, name: String) {
+    fn start_resolve(&mut self, index: usize, name: String) {
         self.endpoints[index].resolving = true;
-        let events = self.events_tx.clone();
-        let limit = self.config.connect_timeout;
-        tokio::spawn(async move {
-            let lookup = tokio::time::timeout(limit, tokio::net::lookup_host(name.clone())).await;
-            let result = match lookup {
-                Ok(Ok(addrs)) => {
-                    let mut seen = HashSet::new();
-                    let addrs: Vec<_> = addrs.filter(|a| seen.insert(*a)).collect();
-                    if addrs.is_empty() {
-                        Err(Error::NoAddresses { endpoint: name })
-                    } else {
-                        Ok(addrs)
-                    }
-                }
-                Ok(Err(e)) => Err(Error::Resolve {
-                    endpoint: name,
-                    source: e.into(),
-                }),
-                Err(_) => Err(Error::Resolve {
-                    endpoint: name,
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("no answer within {limit:?}"),
-                    )
-                    .into(),
-                }),
-            };
-            let _ = events.send(Event::Resolved(index, result)).await;
+        self.act(Action::Resolve {
+            endpoint: index,
+            name,
         });
     }
 
@@ -197,11 +170,11 @@ impl Driver {
             Ok(addrs) => addrs,
             Err(why) => {
                 // Keep the addresses we have; DNS blips should not cut working servers off.
-                let delay = self.config.backoff.delay(ep.failures);
+                let delay = self.config.backoff.delay_from(ep.failures, &mut self.rng);
                 ep.failures = ep.failures.saturating_add(1);
                 ep.next_resolve = now + delay;
                 warn!(error = %why, retry_in = ?delay, "resolution failed");
-                *lock(&self.shared.last_error) = Some(why);
+                self.act(Action::LastError(why));
                 return;
             }
         };
@@ -223,30 +196,35 @@ impl Driver {
     fn connect(&mut self, index: usize) {
         let id = self.next_conn_id;
         self.next_conn_id += 1;
-        let slot = &self.slots[index];
-        let params = ConnParams {
-            addr: slot.addr,
-            hello: self.hello.clone(),
-            connect_timeout: self.config.connect_timeout,
-            #[cfg(feature = "tls")]
-            tls: self.config.tls.as_ref().map(|tls| {
-                // The name the endpoint was configured with, so a certificate for a Service
-                // name matches every pod address it resolves to.
-                let host = match &self.endpoints[slot.endpoint].target {
-                    Target::Name(_) => self.endpoints[slot.endpoint].target.host(),
-                    Target::Addr(_) => slot.addr.ip().to_string(),
-                };
-                Ok((tls.rustls_config()?, tls.name_for(&host)?))
-            }),
-        };
-        let handle = conn::spawn(id, params, self.events_tx.clone());
-        self.slots[index].state = SlotState::Live(Conn {
+        let slot = &mut self.slots[index];
+        slot.state = SlotState::Live(Conn {
             id,
-            handle,
             ready: None,
             draining: None,
             outstanding: VecDeque::new(),
             next_request_id: 1,
+        });
+        let (addr, endpoint) = (slot.addr, slot.endpoint);
+        self.act(Action::Connect {
+            conn: id,
+            addr,
+            endpoint,
+        });
+    }
+
+    pub(super) fn add_endpoint(&mut self, target: Target, now: Instant) {
+        let index = self.endpoints.len();
+        if let Target::Addr(addr) = target {
+            if !self.slots.iter().any(|s| s.addr == addr) {
+                self.slots.push(Slot::new(addr, index, now));
+            }
+        }
+        self.endpoints.push(Endpoint {
+            target,
+            resolving: false,
+            resolved_at: None,
+            next_resolve: now,
+            failures: 0,
         });
     }
 }
