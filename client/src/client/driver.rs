@@ -21,6 +21,8 @@ mod engine;
 mod refill;
 mod replies;
 mod slots;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
