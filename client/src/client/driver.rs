@@ -18,6 +18,7 @@
 //! once per pass to read its level and once per range pushed, each for a few instructions.
 
 mod engine;
+mod latency;
 mod refill;
 mod replies;
 mod slots;

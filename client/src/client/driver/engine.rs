@@ -196,14 +196,15 @@ impl Engine {
         now.checked_sub(self.config.max_age.saturating_sub(self.tick))
     }
 
-    /// One pass after the inputs: time out silent connections, resolve and connect, send
-    /// direct leases, refill, and wake waiters if IDs arrived.
+    /// One pass after the inputs: time out dead connections, resolve and connect, notice
+    /// silent connections, send direct leases, refill, and wake waiters if IDs arrived.
     pub fn maintain(&mut self, now: Instant, level: Level) {
         if now >= self.next_tick {
-            self.time_out_silent_connections(now);
+            self.time_out_dead_connections(now);
             self.next_tick = now + self.tick;
         }
         self.resolve_and_connect(now);
+        self.notice_silence(now);
         self.send_direct(now);
         self.refill(now, level);
         if std::mem::take(&mut self.delivered) {
@@ -219,8 +220,17 @@ impl Engine {
             .iter()
             .filter(|e| matches!(e.target, Target::Name(_)) && !e.resolving)
             .map(|e| e.next_resolve);
+        // A connection about to count as silent changes what is on the way.
+        let cap = self.config.request_timeout;
+        let silences = self
+            .slots
+            .iter()
+            .filter_map(Slot::conn)
+            .filter(|c| !c.silent)
+            .filter_map(|c| c.silent_at(cap));
         retries
             .chain(resolves)
+            .chain(silences)
             .fold(self.next_tick, |a, b| a.min(b))
     }
 

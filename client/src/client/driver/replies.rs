@@ -3,6 +3,12 @@
 //! its range goes to the buffer or to the caller of a direct lease, a GOAWAY lets the
 //! outstanding replies finish, and an ERROR ends the connection. Every `Err` returned here
 //! makes the driver drop the connection without using anything it sent.
+//!
+//! Every frame also counts as a sign of life: it ends the connection's silence (see
+//! `latency`), and a LEASED reply's gap since the connection could have answered it updates
+//! the connection's usual latency. A late reply to a request that stopped counting as IDs on
+//! the way is verified like any other, and its IDs go to the buffer once: the request was
+//! never sent twice.
 
 use std::time::Instant;
 
@@ -25,6 +31,7 @@ impl Engine {
     ) -> Result<(), Error> {
         let addr = self.slots[index].addr;
         let protocol = |reason: String| Error::Protocol { addr, reason };
+        let quiet_since = self.hear(index, now);
         match frame {
             Response::Welcome(w) => self.on_welcome(index, &w).map_err(protocol),
             Response::Leased {
@@ -37,7 +44,8 @@ impl Engine {
                     first_id,
                     count,
                 };
-                self.on_leased(index, reply, now).map_err(protocol)?;
+                self.on_leased(index, reply, quiet_since, now)
+                    .map_err(protocol)?;
                 match self.slots[index].conn() {
                     Some(c) if c.outstanding.is_empty() => match c.draining {
                         Some(reason) => Err(Error::GoAway { addr, reason }),
@@ -95,7 +103,27 @@ impl Engine {
         Ok(())
     }
 
-    fn on_leased(&mut self, index: usize, reply: Leased, now: Instant) -> Result<(), String> {
+    /// Records a frame from the slot's connection at `now`; returns when it was last heard
+    /// from before.
+    fn hear(&mut self, index: usize, now: Instant) -> Instant {
+        let addr = self.slots[index].addr;
+        let Some(conn) = self.slots[index].conn_mut() else {
+            return now;
+        };
+        if std::mem::take(&mut conn.silent) {
+            let quiet = now.saturating_duration_since(conn.heard);
+            info!(%addr, ?quiet, "answering again");
+        }
+        std::mem::replace(&mut conn.heard, now)
+    }
+
+    fn on_leased(
+        &mut self,
+        index: usize,
+        reply: Leased,
+        quiet_since: Instant,
+        now: Instant,
+    ) -> Result<(), String> {
         let layout = self.layout.unwrap_or_default();
         let conn = self.slots[index].conn_mut().ok_or("no connection")?;
         let (worker, _) = conn.ready.ok_or("LEASED before WELCOME")?;
@@ -108,6 +136,8 @@ impl Engine {
         let Some(done) = conn.outstanding.pop_front() else {
             return Err("no LEASE outstanding".into());
         };
+        conn.latency
+            .observe(now.saturating_duration_since(quiet_since.max(done.sent)));
         self.last_end.insert(worker, end);
         let range = IdRange {
             first: reply.first_id,

@@ -9,11 +9,12 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
 use super::engine::{Action, CallerId, ConnId, Engine};
+use super::latency::Latency;
 use crate::client::config::Target;
 use crate::client::Error;
 
@@ -58,6 +59,35 @@ pub(super) struct Conn {
     pub(super) draining: Option<u16>,
     pub(super) outstanding: VecDeque<Outstanding>,
     pub(super) next_request_id: u32,
+    /// When the connection last sent a frame (or was opened).
+    pub(super) heard: Instant,
+    /// How quickly it usually answers.
+    pub(super) latency: Latency,
+    /// Its silence was noticed (and acted on) and it has not answered since.
+    pub(super) silent: bool,
+}
+
+impl Conn {
+    /// When this connection counts as silent unless a frame arrives first: its usual quiet
+    /// limit after it was last heard from or its oldest request was sent, whichever is later.
+    /// `None` while nothing is outstanding (an idle connection owes nothing).
+    pub(super) fn silent_at(&self, cap: Duration) -> Option<Instant> {
+        let oldest = self.outstanding.front()?;
+        Some(self.heard.max(oldest.sent) + self.latency.limit(cap))
+    }
+
+    /// Whether the connection has owed a reply for longer than usual.
+    pub(super) fn is_silent(&self, now: Instant, cap: Duration) -> bool {
+        self.silent_at(cap).is_some_and(|t| now >= t)
+    }
+
+    /// Ready for another LEASE: greeted, not draining, below `max_in_flight`, answering.
+    pub(super) fn usable(&self, max_in_flight: usize, now: Instant, cap: Duration) -> bool {
+        self.ready.is_some()
+            && self.draining.is_none()
+            && self.outstanding.len() < max_in_flight
+            && !self.is_silent(now, cap)
+    }
 }
 
 #[derive(Debug)]
@@ -144,7 +174,7 @@ impl Engine {
                 Target::Name(_) => ep.resolved_at.is_some_and(|r| r >= retry_at),
             };
             if retry_at <= now && fresh {
-                self.connect(index);
+                self.connect(index, now);
             }
         }
     }
@@ -193,7 +223,7 @@ impl Engine {
         }
     }
 
-    fn connect(&mut self, index: usize) {
+    fn connect(&mut self, index: usize, now: Instant) {
         let id = self.next_conn_id;
         self.next_conn_id += 1;
         let slot = &mut self.slots[index];
@@ -203,6 +233,9 @@ impl Engine {
             draining: None,
             outstanding: VecDeque::new(),
             next_request_id: 1,
+            heard: now,
+            latency: Latency::default(),
+            silent: false,
         });
         let (addr, endpoint) = (slot.addr, slot.endpoint);
         self.act(Action::Connect {

@@ -3,6 +3,8 @@
 //! on demand. Time is an `Instant` the test advances; nothing runs in the background.
 #![allow(clippy::unwrap_used)]
 
+mod silence;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -460,22 +462,6 @@ fn requests_unanswered_past_request_timeout_fail_their_connection() {
         "{:?}",
         h.last_error
     );
-}
-
-/// Today's refill counts every outstanding request as IDs on the way, even on a
-/// connection that stopped answering: with one of two servers silent, nothing is asked of
-/// the other until the silent one times out (issue 16).
-#[test]
-fn todays_refill_waits_for_a_silent_connection_until_it_times_out() {
-    let mut h = Harness::connected(&[A, B]);
-    h.pass();
-    let (silent, healthy) = if h.written(1) > 0 { (1, 2) } else { (2, 1) };
-    h.advance(Duration::from_millis(1500));
-    assert_eq!(h.written(healthy), 0);
-    assert_eq!(h.buffer.available(), 0);
-    h.advance(Duration::from_millis(700));
-    assert!(h.closed.contains(&silent));
-    assert_eq!(h.written(healthy), 1);
 }
 
 /// A bad reply, and what the error must say.
