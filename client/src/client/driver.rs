@@ -19,6 +19,7 @@
 
 mod engine;
 mod latency;
+mod recheck;
 mod refill;
 mod replies;
 mod slots;

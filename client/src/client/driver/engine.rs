@@ -16,7 +16,9 @@
 //! can drive the engine through any history (see `tests`).
 //!
 //! The work is split by topic: `slots` (endpoints, addresses, resolving and connecting),
-//! `replies` (applying frames), `refill` (timeouts, choosing connections, sizing refills).
+//! `recheck` (early re-resolution after a loss), `replies` (applying frames), `refill`
+//! (timeouts, silence, choosing connections, sizing refills), `latency` (per-connection
+//! reply gaps).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -219,7 +221,8 @@ impl Engine {
             .endpoints
             .iter()
             .filter(|e| matches!(e.target, Target::Name(_)) && !e.resolving)
-            .map(|e| e.next_resolve);
+            .flat_map(|e| [Some(e.next_resolve), e.recheck.map(|r| r.at)])
+            .flatten();
         // A connection about to count as silent changes what is on the way.
         let cap = self.config.request_timeout;
         let silences = self
@@ -241,6 +244,7 @@ impl Engine {
     /// Drops a slot's connection, hands its unanswered direct leases to other servers, and
     /// schedules a reconnect after a jittered backoff.
     pub(super) fn fail(&mut self, index: usize, why: Error, now: Instant) {
+        self.recheck_soon(self.slots[index].endpoint, now);
         let slot = &mut self.slots[index];
         let SlotState::Live(conn) =
             std::mem::replace(&mut slot.state, SlotState::Waiting { retry_at: now })

@@ -68,6 +68,7 @@ impl Engine {
             let owed = conn.outstanding.len();
             warn!(%addr, ?quiet, ?usual, owed, "server silent; asking the others");
             self.hedge(index, now);
+            self.recheck_soon(self.slots[index].endpoint, now);
         }
     }
 

@@ -93,11 +93,13 @@ impl Engine {
         conn.ready = Some((w.worker_id, w.max_lease));
         slot.failures = 0;
         slot.last_error = None;
+        let endpoint = slot.endpoint;
         info!(addr = %slot.addr, worker_id = w.worker_id, %layout, "connected");
         if self.layout.is_none() {
             self.layout = Some(layout);
             self.act(Action::Layout(layout));
         }
+        self.note_answering(endpoint);
         self.act(Action::Fatal(None));
         self.act(Action::WakeWaiters);
         Ok(())

@@ -5,7 +5,8 @@
 //! waiting slot whose time has come first asks its endpoint for a fresh resolution (names
 //! only; a Kubernetes headless Service may have replaced the pod), then reconnects if its
 //! address is still listed. Addresses a resolution no longer lists are removed once their
-//! connection ends; new ones get slots that connect at once.
+//! connection ends; new ones get slots that connect at once. Names are resolved every
+//! `resolve_interval`, and sooner after a loss (see `recheck`).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -15,6 +16,7 @@ use tracing::{debug, warn};
 
 use super::engine::{Action, CallerId, ConnId, Engine};
 use super::latency::Latency;
+use super::recheck::Recheck;
 use crate::client::config::Target;
 use crate::client::Error;
 
@@ -27,6 +29,10 @@ pub(super) struct Endpoint {
     pub(super) resolved_at: Option<Instant>,
     pub(super) next_resolve: Instant,
     pub(super) failures: u32,
+    /// Most of its connections that answered at once (see `recheck`).
+    pub(super) peak: usize,
+    /// Early re-resolutions after a loss, while it has fewer than `peak` answering.
+    pub(super) recheck: Option<Recheck>,
 }
 
 /// One server address and its connection, if any.
@@ -153,14 +159,16 @@ impl Engine {
             if ep.resolving {
                 continue;
             }
+            let name = name.clone();
             // A slot due to reconnect wants addresses newer than its failure.
             let stale_for_slot = self.slots.iter().any(|s| {
                 s.endpoint == index
                     && s.retry_at()
                         .is_some_and(|t| t <= now && ep.resolved_at.is_none_or(|r| r < t))
             });
-            if now >= ep.next_resolve || stale_for_slot {
-                self.start_resolve(index, name.clone());
+            let due = now >= ep.next_resolve || stale_for_slot;
+            if self.recheck_due(index, now) || due {
+                self.start_resolve(index, name);
             }
         }
         for index in 0..self.slots.len() {
@@ -258,6 +266,8 @@ impl Engine {
             resolved_at: None,
             next_resolve: now,
             failures: 0,
+            peak: 0,
+            recheck: None,
         });
     }
 }

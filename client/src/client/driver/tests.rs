@@ -3,6 +3,7 @@
 //! on demand. Time is an `Instant` the test advances; nothing runs in the background.
 #![allow(clippy::unwrap_used)]
 
+mod dns;
 mod silence;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -50,8 +51,14 @@ struct Harness {
     /// While set, every greeted connection not in `silent` answers each request at once.
     auto: bool,
     silent: HashSet<ConnId>,
-    /// Endpoints asked to resolve, in order.
+    /// Longest step of `advance`: 1 ms, like callers drawing all the time.
+    step: Duration,
+    /// Endpoints asked to resolve, in order, and when.
     resolves: Vec<usize>,
+    resolve_times: Vec<Instant>,
+    /// While set, every resolution is answered with these addresses at the next step.
+    dns: Option<Vec<SocketAddr>>,
+    unanswered_resolves: Vec<usize>,
     answers: Vec<(CallerId, IdRange)>,
     last_error: Option<Error>,
     fatal: Option<Error>,
@@ -82,7 +89,11 @@ impl Harness {
             closed_at: HashMap::new(),
             auto: false,
             silent: HashSet::new(),
+            step: Duration::from_millis(1),
             resolves: Vec::new(),
+            resolve_times: Vec::new(),
+            dns: None,
+            unanswered_resolves: Vec::new(),
             answers: Vec::new(),
             last_error: None,
             fatal: None,
@@ -138,7 +149,11 @@ impl Harness {
                 self.closed_at.insert(conn, self.now);
                 self.conns.remove(&conn);
             }
-            Action::Resolve { endpoint, .. } => self.resolves.push(endpoint),
+            Action::Resolve { endpoint, .. } => {
+                self.resolves.push(endpoint);
+                self.resolve_times.push(self.now);
+                self.unanswered_resolves.push(endpoint);
+            }
             Action::Buffer(block) => self.buffer.push(block),
             Action::Answer { caller, range, .. } => self.answers.push((caller, range)),
             Action::Layout(layout) => self.layout = Some(layout),
@@ -162,7 +177,7 @@ impl Harness {
         self.drain();
     }
 
-    /// Lets time pass in steps of at most 1 ms, with a pass after each (and so at every
+    /// Lets time pass in steps of at most `step`, with a pass after each (and so at every
     /// deadline the engine asked for, as the shell's timer would); with `auto`, answering
     /// servers answer after every pass.
     fn advance(&mut self, by: Duration) {
@@ -171,10 +186,23 @@ impl Harness {
             let wake = self.engine.next_deadline();
             self.now = wake
                 .max(self.now + Duration::from_micros(1))
-                .min(self.now + Duration::from_millis(1))
+                .min(self.now + self.step)
                 .min(end);
             self.pass();
             self.serve();
+            self.answer_dns();
+        }
+    }
+
+    /// With `dns` set, answers every resolution asked for so far.
+    fn answer_dns(&mut self) {
+        let Some(addrs) = self.dns.clone() else {
+            return;
+        };
+        for endpoint in std::mem::take(&mut self.unanswered_resolves) {
+            self.engine
+                .on_resolved(endpoint, Ok(addrs.clone()), self.now);
+            self.drain();
         }
     }
 
