@@ -13,6 +13,9 @@ use crate::wire::MAX_TOKEN_LEN;
 /// Port used when an endpoint names none: the server's default `--listen` port.
 pub const DEFAULT_PORT: u16 = 7609;
 
+/// The server's default admin (HTTP) port, named in the hint when a client is pointed at it.
+pub const DEFAULT_ADMIN_PORT: u16 = 7610;
+
 /// Default [`ClientConfig::buffer_capacity`]: 262,144 IDs. One worker issues at most 4,096
 /// IDs per millisecond (4.096 M/s), so this holds ~64 ms of a whole server's output: enough
 /// for the 50 ms refill horizon at the highest rate a single server can feed, and no more,

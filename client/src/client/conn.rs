@@ -24,7 +24,7 @@ use tokio_rustls::TlsConnector;
 use tokio_util::codec::Framed;
 
 use super::driver::ConnId;
-use super::Error;
+use super::{Error, Violation};
 use crate::codec::{ClientCodec, CodecError};
 use crate::wire::{Request, Response};
 
@@ -224,7 +224,7 @@ fn codec_error(addr: SocketAddr, e: CodecError) -> Error {
     match e {
         CodecError::Wire(e) => Error::Protocol {
             addr,
-            reason: e.to_string(),
+            reason: Violation::from_wire(e),
         },
         CodecError::Io(e) => Error::Io {
             addr,

@@ -280,18 +280,23 @@ impl Engine {
         self.update_fatal();
     }
 
-    /// Publishes a fatal error while no server is usable and every one of them refused us
-    /// for a reason retrying cannot fix, so `connect` fails fast on a wrong token or on
-    /// something that is not a snowlease server.
+    /// Publishes a fatal error while no server is usable and every one of them refused us:
+    /// for a reason retrying cannot fix, or, before any server ever greeted this client, by
+    /// refusing the TCP connection (nothing listens there). `connect` then fails at once on
+    /// a wrong token, a wrong port or something that is not a snowlease server, instead of
+    /// after its whole timeout. Once a server has greeted us, a refusal is a restart in
+    /// progress and callers wait for it as usual.
     fn update_fatal(&mut self) {
         let all_resolved = self
             .endpoints
             .iter()
             .all(|e| matches!(e.target, Target::Addr(_)) || e.resolved_at.is_some());
+        let first_contact = self.layout.is_none();
+        let refuses = |e: &Error| !e.is_retryable() || (first_contact && e.is_refused());
         let all_fatal = !self.slots.is_empty()
             && self.slots.iter().all(|s| {
                 s.conn().is_none_or(|c| c.ready.is_none())
-                    && s.last_error.as_ref().is_some_and(|e| !e.is_retryable())
+                    && s.last_error.as_ref().is_some_and(refuses)
             });
         let fatal = if all_resolved && all_fatal {
             self.slots.iter().find_map(|s| s.last_error.clone())

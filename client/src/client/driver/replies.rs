@@ -17,7 +17,7 @@ use tracing::{debug, info};
 use super::engine::{Action, Engine};
 use super::slots::Dest;
 use crate::client::buffer::Block;
-use crate::client::verify::{self, Asked, Leased};
+use crate::client::verify::{self, Asked, Leased, Violation};
 use crate::client::{Error, IdRange};
 use crate::wire::{Response, Welcome};
 
@@ -30,7 +30,7 @@ impl Engine {
         now: Instant,
     ) -> Result<(), Error> {
         let addr = self.slots[index].addr;
-        let protocol = |reason: String| Error::Protocol { addr, reason };
+        let protocol = |reason: Violation| Error::Protocol { addr, reason };
         let quiet_since = self.hear(index, now);
         match frame {
             Response::Welcome(w) => self.on_welcome(index, &w).map_err(protocol),
@@ -72,23 +72,25 @@ impl Engine {
         }
     }
 
-    fn on_welcome(&mut self, index: usize, w: &Welcome) -> Result<(), String> {
+    fn on_welcome(&mut self, index: usize, w: &Welcome) -> Result<(), Violation> {
         let layout = verify::check_welcome(w, self.layout)?;
         if let Some(other) = self.slots.iter().find(|s| {
             s.conn()
                 .and_then(|c| c.ready)
                 .is_some_and(|r| r.0 == w.worker_id)
         }) {
-            return Err(format!(
-                "worker {} is already connected at {}; two addresses reach the same server, \
-                 or two servers share a worker id",
-                w.worker_id, other.addr
-            ));
+            return Err(Violation::DuplicateWorker {
+                worker: w.worker_id,
+                other: other.addr,
+            });
         }
         let slot = &mut self.slots[index];
-        let conn = slot.conn_mut().ok_or("no connection")?;
+        // Frames come only from live connections (`Engine::on_frame`).
+        let Some(conn) = slot.conn_mut() else {
+            return Ok(());
+        };
         if conn.ready.is_some() {
-            return Err("second WELCOME on one connection".into());
+            return Err(Violation::SecondWelcome);
         }
         conn.ready = Some((w.worker_id, w.max_lease));
         slot.failures = 0;
@@ -125,10 +127,12 @@ impl Engine {
         reply: Leased,
         quiet_since: Instant,
         now: Instant,
-    ) -> Result<(), String> {
+    ) -> Result<(), Violation> {
         let layout = self.layout.unwrap_or_default();
-        let conn = self.slots[index].conn_mut().ok_or("no connection")?;
-        let (worker, _) = conn.ready.ok_or("LEASED before WELCOME")?;
+        let Some(conn) = self.slots[index].conn_mut() else {
+            return Ok(());
+        };
+        let (worker, _) = conn.ready.ok_or(Violation::LeasedBeforeWelcome)?;
         let asked = conn.outstanding.front().map(|o| Asked {
             request_id: o.request_id,
             count: o.count,
@@ -136,7 +140,9 @@ impl Engine {
         let prev = self.last_end.get(&worker).copied();
         let end = verify::check_leased(&layout, worker, asked, prev, reply)?;
         let Some(done) = conn.outstanding.pop_front() else {
-            return Err("no LEASE outstanding".into());
+            return Err(Violation::Unasked {
+                request_id: reply.request_id,
+            });
         };
         conn.latency
             .observe(now.saturating_duration_since(quiet_since.max(done.sent)));

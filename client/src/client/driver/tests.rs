@@ -744,6 +744,45 @@ fn connect_gives_up_only_when_every_server_refuses_for_good() {
 }
 
 #[test]
+fn refusals_end_connect_only_before_any_server_greeted_the_client() {
+    let refused = |h: &mut Harness, conn: ConnId| {
+        let addr = h.conns[&conn].addr.unwrap();
+        let source = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        h.engine.on_closed(
+            conn,
+            Error::Connect {
+                addr,
+                source: source.into(),
+            },
+            h.now,
+        );
+        h.drain();
+    };
+    // (case, B greeted first, A and B then refused: connect gives up)
+    for (case, greeted, gives_up) in [
+        ("first contact", false, true),
+        ("after a WELCOME", true, false),
+    ] {
+        let mut h = Harness::new(ClientConfig::new([A, B]));
+        h.pass();
+        if greeted {
+            h.welcome(2, 2);
+            h.close(2);
+            h.advance(Duration::from_millis(60));
+        }
+        let (a, b) = (h.conn_of(A).unwrap(), h.conn_of(B).unwrap());
+        refused(&mut h, a);
+        assert!(h.fatal.is_none(), "{case}: B has not refused yet");
+        refused(&mut h, b);
+        let fatal = h.fatal.as_ref().map(ToString::to_string);
+        assert_eq!(fatal.is_some(), gives_up, "{case}: {fatal:?}");
+        if gives_up {
+            assert!(fatal.unwrap().contains("refused"), "{case}");
+        }
+    }
+}
+
+#[test]
 fn a_direct_lease_whose_caller_left_is_not_sent_and_a_sent_one_is_buffered() {
     let mut h = Harness::connected(&[A]);
     h.pass();
