@@ -43,14 +43,20 @@ use crate::wire::{Request, VERSION};
 pub(crate) use engine::ConnId;
 use engine::{Action, CallerId, Engine, Level};
 
-/// Events handled per pass before refilling: 256. Replies are applied in a batch so one
-/// refill decision covers them all, yet a flood of frames cannot keep the driver from
-/// refilling and expiring for long (each event is a few checks and one buffer push).
+/// Events handled per pass before refilling: 256. Measured by the ignored test
+/// `measure_the_engine_cost_of_a_reply_and_a_pass` (release, pinned to one CPU), the
+/// engine spends 123-152 ns on a LEASED reply including its buffer push, and 9-12 µs on a
+/// refill pass with four servers at full draw. A batch of 256 replies thus costs about
+/// 40 µs, so even under a flood of frames refills and expiry are decided every ~40 µs (25
+/// times finer than a server's 1 ms tick), while one pass is shared by up to 256 replies
+/// instead of costing 60 times a reply each. The exact value is a choice within that wide
+/// harmless range, not a measured optimum.
 const EVENT_BATCH: usize = 256;
 
 /// Capacity of the channel from connection tasks to the driver: 1,024 events, the replies
 /// of 64 connections with 16 LEASEs in flight each, so it fills only if a server floods
-/// frames, and then that server's socket is read no faster than the driver can check.
+/// frames, and then that server's socket is read no faster than the driver can check. At
+/// the measured ~150 ns per event a full queue is drained in about 150 µs.
 const EVENT_QUEUE: usize = 1024;
 
 /// Everything the driver reacts to besides commands and wakes.

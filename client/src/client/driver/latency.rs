@@ -14,9 +14,11 @@
 
 use std::time::Duration;
 
-/// How many usual gaps a connection may stay quiet before it counts as silent: 4. A
-/// healthy connection's gaps vary by less than that factor once they are above the floor
-/// (see [`SILENCE_FLOOR`]); below it the floor decides.
+/// How many usual gaps a connection may stay quiet before it counts as silent: 4. Measured
+/// with four servers at their ceiling (reply gaps of 1-4 ms): of the gaps above 2 ms, about
+/// 0.2 % were more than four times the estimate before them, and the 20 ms floor (see
+/// [`SILENCE_FLOOR`]) absorbs those; the run saw two healthy connections taken for silent,
+/// both at start-up. A mistaken silence only makes the client ask the others too.
 pub(crate) const SILENCE_FACTOR: u32 = 4;
 
 /// Quiet time that always counts as normal: see

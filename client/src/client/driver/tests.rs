@@ -813,3 +813,41 @@ fn ranges_are_dropped_before_they_pass_max_age() {
     h.advance(Duration::from_millis(110));
     assert_eq!(h.written(1), 1, "expired and re-leased");
 }
+
+/// Prints what one LEASED reply and one refill pass cost the engine (with the buffer push),
+/// the figures behind `EVENT_BATCH`. Run it optimised:
+/// `cargo test -p snowlease --release --lib measure_the_engine -- --ignored --nocapture`
+#[test]
+#[ignore = "measurement: prints figures"]
+fn measure_the_engine_cost_of_a_reply_and_a_pass() {
+    let mut h = Harness::connected(&[A, B, C, "10.0.0.4:7609"]);
+    let (mut replies_time, mut replies) = (Duration::ZERO, 0u32);
+    let (mut pass_time, mut passes) = (Duration::ZERO, 0u32);
+    for _ in 0..20_000 {
+        h.draw(usize::MAX);
+        let t = Instant::now();
+        h.pass();
+        pass_time += t.elapsed();
+        passes += 1;
+        let conns: Vec<ConnId> = h.conns.keys().copied().collect();
+        let mut due = Vec::new();
+        for conn in conns {
+            while h.written(conn) > 0 {
+                due.push((conn, h.good_reply(conn)));
+            }
+        }
+        let t = Instant::now();
+        for (conn, reply) in due {
+            h.engine.on_frame(conn, reply, h.now);
+            h.drain();
+            replies += 1;
+        }
+        replies_time += t.elapsed();
+        h.now += Duration::from_micros(100);
+    }
+    println!(
+        "{replies} replies: {:?} each; {passes} passes: {:?} each",
+        replies_time / replies,
+        pass_time / passes
+    );
+}
