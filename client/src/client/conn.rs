@@ -2,9 +2,10 @@
 //!
 //! The task connects (and, with TLS, completes the handshake), sends HELLO and waits for the
 //! first reply, all under the connect timeout, then forwards every decoded frame to the
-//! driver and writes every request the driver hands it, batching whatever is queued into one flush. When the socket fails, the peer closes it,
-//! or the bytes stop being protocol, it reports why as its last event and ends. The driver
-//! ends it early by aborting the task, which closes the socket.
+//! driver and writes every request the driver hands it, batching whatever is queued into one
+//! flush. When the socket fails, the peer closes it, or the bytes stop being protocol, it
+//! reports why as its last event and ends. The driver ends it early by aborting the task,
+//! which closes the socket.
 
 use std::net::SocketAddr;
 #[cfg(feature = "tls")]

@@ -300,6 +300,23 @@ const B: &str = "10.0.0.2:7609";
 const C: &str = "10.0.0.3:7609";
 
 #[test]
+fn the_engine_modules_touch_no_runtime_and_no_shared_state() {
+    let modules = [
+        ("engine.rs", include_str!("engine.rs")),
+        ("latency.rs", include_str!("latency.rs")),
+        ("recheck.rs", include_str!("recheck.rs")),
+        ("refill.rs", include_str!("refill.rs")),
+        ("replies.rs", include_str!("replies.rs")),
+        ("slots.rs", include_str!("slots.rs")),
+    ];
+    for (file, text) in modules {
+        for banned in ["tokio", "Shared", "spawn(", "Instant::now", "Mutex"] {
+            assert!(!text.contains(banned), "{file} mentions {banned}");
+        }
+    }
+}
+
+#[test]
 fn the_first_pass_connects_to_every_address_and_leases_once_greeted() {
     let mut h = Harness::new(ClientConfig::new([A, B]));
     h.pass();
