@@ -85,6 +85,13 @@ pub enum Violation {
     /// A second WELCOME on one connection.
     #[error("second WELCOME on one connection")]
     SecondWelcome,
+    /// A reply of protocol version 2 (BULK_LEASED) on a connection that speaks version 1:
+    /// it answers nothing this client sent.
+    #[error("BULK_LEASED (request {request_id}) on a version-1 connection")]
+    BulkOnVersion1 {
+        /// The reply's request id.
+        request_id: u32,
+    },
     /// LEASED arrived before WELCOME.
     #[error("LEASED before WELCOME")]
     LeasedBeforeWelcome,
