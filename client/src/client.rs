@@ -46,14 +46,15 @@ use tokio::time::Instant;
 
 pub use blocking::BlockingClient;
 pub use config::{
-    Backoff, ClientConfig, DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, DEFAULT_BUFFER_CAPACITY,
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOW_WATER, DEFAULT_MAX_AGE, DEFAULT_MAX_IN_FLIGHT,
-    DEFAULT_PORT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RESOLVE_INTERVAL, DEFAULT_TIMEOUT, MIN_MAX_AGE,
-    MIN_RESOLVE_INTERVAL,
+    Backoff, ClientConfig, DEFAULT_ADMIN_PORT, DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX,
+    DEFAULT_BUFFER_CAPACITY, DEFAULT_CONNECT_TIMEOUT, DEFAULT_LOW_WATER, DEFAULT_MAX_AGE,
+    DEFAULT_MAX_IN_FLIGHT, DEFAULT_PORT, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RESOLVE_INTERVAL,
+    DEFAULT_TIMEOUT, MIN_MAX_AGE, MIN_RESOLVE_INTERVAL, MIN_SILENCE,
 };
 pub use error::Error;
 #[cfg(feature = "tls")]
 pub use tls::{client_config, TlsOptions};
+pub use verify::Violation;
 
 use buffer::Buffer;
 use driver::Driver;
@@ -109,9 +110,11 @@ struct Handle {
 
 impl Client {
     /// Resolves the endpoints, starts the driver on the current tokio runtime (which needs
-    /// its time driver enabled), and returns once a server has sent WELCOME. Fails with the
-    /// server's reason at once if every server refuses this client for good (bad token,
-    /// wrong protocol), and with [`Error::Unavailable`] if none answers within the timeout.
+    /// its time driver enabled), and returns once a server has sent WELCOME. Fails at once,
+    /// with the reason, if every server refuses this client for good (bad token, wrong
+    /// protocol, an HTTP port: [`Error::Server`], [`Error::Protocol`], [`Error::Tls`]) or
+    /// every address refuses the TCP connection ([`Error::Connect`]: nothing listens there);
+    /// and with [`Error::Unavailable`] if none answers within the timeout.
     pub async fn connect(config: ClientConfig) -> Result<Client, Error> {
         let targets = config.validate()?;
         // Files are read once here: a bad CA file is a configuration error at connect.
@@ -301,6 +304,9 @@ impl Client {
     fn unavailable(&self, waited: Duration) -> Error {
         let cause = match self.shared.last_error() {
             Some(e) => e.to_string(),
+            None if self.shared.layout.get().is_some() => {
+                "the connected servers stopped answering".to_owned()
+            }
             None => "no server answered yet".to_owned(),
         };
         Error::Unavailable { waited, cause }

@@ -1,5 +1,27 @@
 //! snowlease: unique, time-sortable 64-bit IDs leased from a server in blocks.
 //!
+//! # Quick start
+//! Point a [`Client`] at the servers' lease port (7609; the admin port 7610 is HTTP), or at
+//! a name that resolves to all of them, such as a Kubernetes headless Service, and draw IDs:
+//! ```no_run
+//! use snowlease::{Client, ClientConfig};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), snowlease::Error> {
+//!     let client = Client::connect(ClientConfig::new(["snowlease-headless.ids.svc:7609"])).await?;
+//!     let id = client.next_id().await?; // from the local buffer: no round trip
+//!     let parts = client.decode(id); // time, worker and sequence
+//!     println!("{id} = {parts}");
+//!     let batch = client.next_ids(1000).await?; // 1,000 unique IDs
+//!     assert_eq!(batch.len(), 1000);
+//!     client.close().await;
+//!     Ok(())
+//! }
+//! ```
+//! Without a tokio runtime, [`BlockingClient`] does the same from plain threads. Clones of a
+//! client share one buffer; [`ClientConfig`] documents the settings, failover and what
+//! happens when servers go silent.
+//!
 //! # Layout
 //! - [`layout`] and [`wire`] are pure: bit arithmetic and the frame codec, no I/O. They live in
 //!   the crate `snowlease-proto` (re-exported here unchanged), which the server, snowcat and

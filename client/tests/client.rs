@@ -9,7 +9,7 @@ use std::thread;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use snowlease::client::Backoff;
+use snowlease::client::{Backoff, Violation};
 use snowlease::codec::ServerCodec;
 use snowlease::layout::unix_ms_now;
 use snowlease::wire::{Request, Response, Welcome};
@@ -230,6 +230,52 @@ async fn connecting_to_nothing_fails_after_the_timeout_with_the_cause() {
         !err.is_retryable() && err.to_string().contains("port"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_is_reported_as_soon_as_every_address_refuses() {
+    let closed = || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let endpoints = [closed().to_string(), closed().to_string()];
+    // The client would wait a minute; a refusal must not take that long.
+    let config = quick(endpoints).timeout(Duration::from_secs(60));
+    let err = tokio::time::timeout(Duration::from_secs(30), Client::connect(config))
+        .await
+        .expect("connect waited for its timeout")
+        .unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+    assert!(err.is_retryable());
+    assert!(err.to_string().contains("refused"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_pointed_at_the_admin_port_is_told_it_found_an_http_server() {
+    let srv = server(6);
+    let config = quick([srv.admin_addr().to_string()]).timeout(Duration::from_secs(60));
+    let err = tokio::time::timeout(Duration::from_secs(30), Client::connect(config))
+        .await
+        .expect("connect waited for its timeout")
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Protocol {
+                reason: Violation::HttpServer,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains("HTTP server") && text.contains("wrong port") && text.contains("7609"),
+        "{text}"
+    );
+    tokio::task::spawn_blocking(move || srv.shutdown())
+        .await
+        .unwrap();
 }
 
 const FAKE_WORKER: u16 = 5;

@@ -10,8 +10,7 @@
 //! driver re-arms it.
 
 use std::collections::VecDeque;
-
-use tokio::time::Instant;
+use std::time::Instant;
 
 use super::IdRange;
 

@@ -2,9 +2,10 @@
 //!
 //! The task connects (and, with TLS, completes the handshake), sends HELLO and waits for the
 //! first reply, all under the connect timeout, then forwards every decoded frame to the
-//! driver and writes every request the driver hands it, batching whatever is queued into one flush. When the socket fails, the peer closes it,
-//! or the bytes stop being protocol, it reports why as its last event and ends. The driver
-//! ends it early by aborting the task, which closes the socket.
+//! driver and writes every request the driver hands it, batching whatever is queued into one
+//! flush. When the socket fails, the peer closes it, or the bytes stop being protocol, it
+//! reports why as its last event and ends. The driver ends it early by aborting the task,
+//! which closes the socket.
 
 use std::net::SocketAddr;
 #[cfg(feature = "tls")]
@@ -23,13 +24,10 @@ use tokio_rustls::rustls::{pki_types::ServerName, ClientConfig};
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::Framed;
 
-use super::Error;
+use super::driver::ConnId;
+use super::{Error, Violation};
 use crate::codec::{ClientCodec, CodecError};
 use crate::wire::{Request, Response};
-
-/// Identifies a connection for its whole life; never reused, so events from a connection
-/// the driver already dropped are recognised and ignored.
-pub(crate) type ConnId = u64;
 
 /// What a connection task reports.
 #[derive(Debug)]
@@ -227,7 +225,7 @@ fn codec_error(addr: SocketAddr, e: CodecError) -> Error {
     match e {
         CodecError::Wire(e) => Error::Protocol {
             addr,
-            reason: e.to_string(),
+            reason: Violation::from_wire(e),
         },
         CodecError::Io(e) => Error::Io {
             addr,

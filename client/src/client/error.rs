@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::Violation;
 use crate::wire::{goaway, ErrorCode};
 
 /// Everything that can go wrong between a caller and the servers.
@@ -118,7 +119,7 @@ pub enum Error {
         /// The server's address.
         addr: SocketAddr,
         /// What was wrong.
-        reason: String,
+        reason: Violation,
     },
     /// No IDs arrived within the configured timeout.
     #[error("no IDs within {waited:?}; last problem: {cause}")]
@@ -157,6 +158,12 @@ impl Error {
             | Error::GoAway { .. }
             | Error::Unavailable { .. } => true,
         }
+    }
+
+    /// The server's host actively refused the TCP connection: nothing listens on the port.
+    pub(crate) fn is_refused(&self) -> bool {
+        matches!(self, Error::Connect { source, .. }
+            if source.kind() == std::io::ErrorKind::ConnectionRefused)
     }
 }
 

@@ -7,9 +7,7 @@
 //! The average rises quickly and falls slowly: running dry costs callers a round trip, while
 //! holding a little too much only costs IDs that expire.
 
-use std::time::Duration;
-
-use tokio::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Shortest window turned into a sample: 5 ms. The driver may look many times per
 /// millisecond while replies stream in; a window of a few microseconds holding one 4,096-ID

@@ -5,20 +5,20 @@
 //! waiting slot whose time has come first asks its endpoint for a fresh resolution (names
 //! only; a Kubernetes headless Service may have replaced the pod), then reconnects if its
 //! address is still listed. Addresses a resolution no longer lists are removed once their
-//! connection ends; new ones get slots that connect at once.
+//! connection ends; new ones get slots that connect at once. Names are resolved every
+//! `resolve_interval`, and sooner after a loss (see `recheck`).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
-use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::{Driver, Event};
+use super::engine::{Action, CallerId, ConnId, Engine};
+use super::latency::Latency;
+use super::recheck::Recheck;
 use crate::client::config::Target;
-use crate::client::conn::{self, ConnHandle, ConnId, ConnParams};
-use crate::client::shared::lock;
-use crate::client::{Error, IdRange};
+use crate::client::Error;
 
 /// A configured endpoint.
 #[derive(Debug)]
@@ -29,6 +29,10 @@ pub(super) struct Endpoint {
     pub(super) resolved_at: Option<Instant>,
     pub(super) next_resolve: Instant,
     pub(super) failures: u32,
+    /// Most of its connections that answered at once (see `recheck`).
+    pub(super) peak: usize,
+    /// Early re-resolutions after a loss, while it has fewer than `peak` answering.
+    pub(super) recheck: Option<Recheck>,
 }
 
 /// One server address and its connection, if any.
@@ -51,16 +55,45 @@ pub(super) enum SlotState {
     Live(Conn),
 }
 
+/// A connection as the engine sees it; the shell holds the socket.
 #[derive(Debug)]
 pub(super) struct Conn {
     pub(super) id: ConnId,
-    pub(super) handle: ConnHandle,
     /// Set by the WELCOME: the server's worker id and largest LEASE.
     pub(super) ready: Option<(u16, u32)>,
     /// GOAWAY reason: send nothing more, reconnect once the outstanding replies are in.
     pub(super) draining: Option<u16>,
     pub(super) outstanding: VecDeque<Outstanding>,
     pub(super) next_request_id: u32,
+    /// When the connection last sent a frame (or was opened).
+    pub(super) heard: Instant,
+    /// How quickly it usually answers.
+    pub(super) latency: Latency,
+    /// Its silence was noticed (and acted on) and it has not answered since.
+    pub(super) silent: bool,
+}
+
+impl Conn {
+    /// When this connection counts as silent unless a frame arrives first: its usual quiet
+    /// limit after it was last heard from or its oldest request was sent, whichever is later.
+    /// `None` while nothing is outstanding (an idle connection owes nothing).
+    pub(super) fn silent_at(&self, cap: Duration) -> Option<Instant> {
+        let oldest = self.outstanding.front()?;
+        Some(self.heard.max(oldest.sent) + self.latency.limit(cap))
+    }
+
+    /// Whether the connection has owed a reply for longer than usual.
+    pub(super) fn is_silent(&self, now: Instant, cap: Duration) -> bool {
+        self.silent_at(cap).is_some_and(|t| now >= t)
+    }
+
+    /// Ready for another LEASE: greeted, not draining, below `max_in_flight`, answering.
+    pub(super) fn usable(&self, max_in_flight: usize, now: Instant, cap: Duration) -> bool {
+        self.ready.is_some()
+            && self.draining.is_none()
+            && self.outstanding.len() < max_in_flight
+            && !self.is_silent(now, cap)
+    }
 }
 
 #[derive(Debug)]
@@ -71,10 +104,11 @@ pub(super) struct Outstanding {
     pub(super) dest: Dest,
 }
 
-#[derive(Debug)]
+/// Where a LEASE's range goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Dest {
     Buffer,
-    Caller(oneshot::Sender<Result<IdRange, Error>>),
+    Caller(CallerId),
 }
 
 impl Slot {
@@ -115,7 +149,7 @@ impl Slot {
     }
 }
 
-impl Driver {
+impl Engine {
     pub(super) fn resolve_and_connect(&mut self, now: Instant) {
         for index in 0..self.endpoints.len() {
             let ep = &self.endpoints[index];
@@ -125,14 +159,16 @@ impl Driver {
             if ep.resolving {
                 continue;
             }
+            let name = name.clone();
             // A slot due to reconnect wants addresses newer than its failure.
             let stale_for_slot = self.slots.iter().any(|s| {
                 s.endpoint == index
                     && s.retry_at()
                         .is_some_and(|t| t <= now && ep.resolved_at.is_none_or(|r| r < t))
             });
-            if now >= ep.next_resolve || stale_for_slot {
-                self.spawn_resolve(index, name.clone());
+            let due = now >= ep.next_resolve || stale_for_slot;
+            if self.recheck_due(index, now) || due {
+                self.start_resolve(index, name);
             }
         }
         for index in 0..self.slots.len() {
@@ -146,41 +182,16 @@ impl Driver {
                 Target::Name(_) => ep.resolved_at.is_some_and(|r| r >= retry_at),
             };
             if retry_at <= now && fresh {
-                self.connect(index);
+                self.connect(index, now);
             }
         }
     }
 
-    fn spawn_resolve(&mut self, index: usize, name: String) {
+    fn start_resolve(&mut self, index: usize, name: String) {
         self.endpoints[index].resolving = true;
-        let events = self.events_tx.clone();
-        let limit = self.config.connect_timeout;
-        tokio::spawn(async move {
-            let lookup = tokio::time::timeout(limit, tokio::net::lookup_host(name.clone())).await;
-            let result = match lookup {
-                Ok(Ok(addrs)) => {
-                    let mut seen = HashSet::new();
-                    let addrs: Vec<_> = addrs.filter(|a| seen.insert(*a)).collect();
-                    if addrs.is_empty() {
-                        Err(Error::NoAddresses { endpoint: name })
-                    } else {
-                        Ok(addrs)
-                    }
-                }
-                Ok(Err(e)) => Err(Error::Resolve {
-                    endpoint: name,
-                    source: e.into(),
-                }),
-                Err(_) => Err(Error::Resolve {
-                    endpoint: name,
-                    source: std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("no answer within {limit:?}"),
-                    )
-                    .into(),
-                }),
-            };
-            let _ = events.send(Event::Resolved(index, result)).await;
+        self.act(Action::Resolve {
+            endpoint: index,
+            name,
         });
     }
 
@@ -197,11 +208,11 @@ impl Driver {
             Ok(addrs) => addrs,
             Err(why) => {
                 // Keep the addresses we have; DNS blips should not cut working servers off.
-                let delay = self.config.backoff.delay(ep.failures);
+                let delay = self.config.backoff.delay_from(ep.failures, &mut self.rng);
                 ep.failures = ep.failures.saturating_add(1);
                 ep.next_resolve = now + delay;
                 warn!(error = %why, retry_in = ?delay, "resolution failed");
-                *lock(&self.shared.last_error) = Some(why);
+                self.act(Action::LastError(why));
                 return;
             }
         };
@@ -220,33 +231,43 @@ impl Driver {
         }
     }
 
-    fn connect(&mut self, index: usize) {
+    fn connect(&mut self, index: usize, now: Instant) {
         let id = self.next_conn_id;
         self.next_conn_id += 1;
-        let slot = &self.slots[index];
-        let params = ConnParams {
-            addr: slot.addr,
-            hello: self.hello.clone(),
-            connect_timeout: self.config.connect_timeout,
-            #[cfg(feature = "tls")]
-            tls: self.config.tls.as_ref().map(|tls| {
-                // The name the endpoint was configured with, so a certificate for a Service
-                // name matches every pod address it resolves to.
-                let host = match &self.endpoints[slot.endpoint].target {
-                    Target::Name(_) => self.endpoints[slot.endpoint].target.host(),
-                    Target::Addr(_) => slot.addr.ip().to_string(),
-                };
-                Ok((tls.rustls_config()?, tls.name_for(&host)?))
-            }),
-        };
-        let handle = conn::spawn(id, params, self.events_tx.clone());
-        self.slots[index].state = SlotState::Live(Conn {
+        let slot = &mut self.slots[index];
+        slot.state = SlotState::Live(Conn {
             id,
-            handle,
             ready: None,
             draining: None,
             outstanding: VecDeque::new(),
             next_request_id: 1,
+            heard: now,
+            latency: Latency::default(),
+            silent: false,
+        });
+        let (addr, endpoint) = (slot.addr, slot.endpoint);
+        self.act(Action::Connect {
+            conn: id,
+            addr,
+            endpoint,
+        });
+    }
+
+    pub(super) fn add_endpoint(&mut self, target: Target, now: Instant) {
+        let index = self.endpoints.len();
+        if let Target::Addr(addr) = target {
+            if !self.slots.iter().any(|s| s.addr == addr) {
+                self.slots.push(Slot::new(addr, index, now));
+            }
+        }
+        self.endpoints.push(Endpoint {
+            target,
+            resolving: false,
+            resolved_at: None,
+            next_resolve: now,
+            failures: 0,
+            peak: 0,
+            recheck: None,
         });
     }
 }

@@ -1,0 +1,197 @@
+//! Demand: turning the buffer's level and callers' direct leases into LEASE requests.
+//!
+//! Each pass, connections whose oldest request has waited past `request_timeout` are
+//! dropped (their direct leases go back to the queue), connections that have gone silent
+//! are noticed, direct leases are sent, and then, if the IDs on hand plus those on the way
+//! are below the low mark of the current [`plan`], maximal LEASEs are pipelined to the
+//! least-busy usable connections (at most `max_in_flight` each) until the rate-sized target
+//! is covered. Last, the buffer's trigger is re-armed so callers wake the driver when the
+//! level falls below the mark again.
+//!
+//! "On the way" means outstanding on a connection that is answering: a silent connection's
+//! requests (see `latency`) do not count, and it gets no new ones, so the demand it cannot
+//! serve moves to the servers that answer within one silence limit, not one request
+//! timeout. Direct leases waiting on a silent connection are sent again elsewhere (hedged)
+//! when another connection is usable; the silent one's late reply, if any, then goes to the
+//! buffer, so each range still reaches exactly one place.
+//!
+//! [`plan`]: crate::client::verify::plan
+
+use std::time::Instant;
+
+use tracing::warn;
+
+use super::engine::{Action, Direct, Engine, Level};
+use super::slots::{Dest, Outstanding, Slot};
+use crate::client::verify;
+use crate::client::Error;
+use crate::wire::Request;
+
+impl Engine {
+    pub(super) fn time_out_dead_connections(&mut self, now: Instant) {
+        let limit = self.config.request_timeout;
+        for index in (0..self.slots.len()).rev() {
+            let stale = self.slots[index].conn().is_some_and(|c| {
+                c.outstanding
+                    .front()
+                    .is_some_and(|o| now.saturating_duration_since(o.sent) > limit)
+            });
+            if stale {
+                let addr = self.slots[index].addr;
+                self.fail(
+                    index,
+                    Error::RequestTimeout {
+                        addr,
+                        timeout: limit,
+                    },
+                    now,
+                );
+            }
+        }
+    }
+
+    /// Notices connections that went silent since the last pass: their direct leases are
+    /// hedged to a usable connection if there is one.
+    pub(super) fn notice_silence(&mut self, now: Instant) {
+        let cap = self.config.request_timeout;
+        for index in 0..self.slots.len() {
+            let addr = self.slots[index].addr;
+            let Some(conn) = self.slots[index].conn_mut() else {
+                continue;
+            };
+            if conn.silent || !conn.is_silent(now, cap) {
+                continue;
+            }
+            conn.silent = true;
+            let quiet = now.saturating_duration_since(conn.heard);
+            let usual = conn.latency.estimate();
+            let owed = conn.outstanding.len();
+            warn!(%addr, ?quiet, ?usual, owed, "server silent; asking the others");
+            self.hedge(index, now);
+            self.recheck_soon(self.slots[index].endpoint, now);
+        }
+    }
+
+    /// Moves the direct leases outstanding on slot `index` to the front of the queue, if
+    /// another connection can take them; their original requests now feed the buffer.
+    fn hedge(&mut self, index: usize, now: Instant) {
+        let (limit, cap) = (self.config.max_in_flight, self.config.request_timeout);
+        let elsewhere = self
+            .slots
+            .iter()
+            .enumerate()
+            .any(|(i, s)| i != index && s.conn().is_some_and(|c| c.usable(limit, now, cap)));
+        let Some(conn) = self.slots[index].conn_mut().filter(|_| elsewhere) else {
+            return;
+        };
+        let mut hedged = Vec::new();
+        for o in &mut conn.outstanding {
+            if let Dest::Caller(caller) = o.dest {
+                o.dest = Dest::Buffer;
+                hedged.push(Direct {
+                    caller,
+                    count: o.count,
+                });
+            }
+        }
+        for direct in hedged.into_iter().rev() {
+            self.direct.push_front(direct);
+        }
+    }
+
+    /// The usable connection with the fewest requests outstanding; ties go to the one after
+    /// the last pick, so idle servers share the load.
+    fn pick(&mut self, now: Instant) -> Option<usize> {
+        let n = self.slots.len();
+        let (limit, cap) = (self.config.max_in_flight, self.config.request_timeout);
+        let best = (0..n)
+            .map(|i| (self.cursor + i) % n)
+            .filter_map(|i| {
+                let c = self.slots[i].conn()?;
+                c.usable(limit, now, cap)
+                    .then_some((c.outstanding.len(), i))
+            })
+            .min_by_key(|&(len, _)| len)
+            .map(|(_, i)| i)?;
+        self.cursor = best + 1;
+        Some(best)
+    }
+
+    /// IDs asked for the buffer on connections that are answering.
+    fn on_the_way(&self, now: Instant) -> u64 {
+        let cap = self.config.request_timeout;
+        self.slots
+            .iter()
+            .filter_map(Slot::conn)
+            .filter(|c| !c.is_silent(now, cap))
+            .flat_map(|c| &c.outstanding)
+            .filter(|o| o.dest == Dest::Buffer)
+            .map(|o| u64::from(o.count))
+            .sum()
+    }
+
+    fn send_lease(&mut self, index: usize, count: u32, dest: Dest, now: Instant) -> u32 {
+        let Some(conn) = self.slots[index].conn_mut() else {
+            return 0;
+        };
+        let max = conn.ready.map_or(1, |r| r.1);
+        let count = count.clamp(1, max);
+        let request_id = conn.next_request_id;
+        conn.next_request_id = conn.next_request_id.wrapping_add(1).max(1);
+        conn.outstanding.push_back(Outstanding {
+            request_id,
+            count,
+            sent: now,
+            dest,
+        });
+        let conn = conn.id;
+        self.act(Action::Send {
+            conn,
+            request: Request::Lease { request_id, count },
+        });
+        count
+    }
+
+    pub(super) fn send_direct(&mut self, now: Instant) {
+        while !self.direct.is_empty() {
+            let Some(index) = self.pick(now) else {
+                return;
+            };
+            if let Some(lease) = self.direct.pop_front() {
+                self.send_lease(index, lease.count, Dest::Caller(lease.caller), now);
+            }
+        }
+    }
+
+    pub(super) fn refill(&mut self, now: Instant, level: Level) {
+        let available = level.available;
+        let rate = self
+            .rate
+            .observe(level.drawn.wrapping_sub(self.drawn_seen), now);
+        self.drawn_seen = level.drawn;
+        let plan = verify::plan(rate, self.config.low_water, self.config.buffer_capacity);
+        let mut in_flight = self.on_the_way(now);
+        let capacity = self.config.buffer_capacity;
+        if available + in_flight < plan.low_mark {
+            while available + in_flight < plan.fill_to {
+                // Whole leases (the server caps them at max_lease), trimmed only where they
+                // would overflow the capacity.
+                let room = capacity.saturating_sub(available + in_flight);
+                let Some(index) = self.pick(now).filter(|_| room > 0) else {
+                    break;
+                };
+                let count = u32::try_from(room).unwrap_or(u32::MAX);
+                in_flight += u64::from(self.send_lease(index, count, Dest::Buffer, now));
+            }
+        }
+        // Below the low mark with nothing more to send means replies are coming (they wake
+        // the driver, and so does the moment a connection would count as silent) or no server
+        // is up (reconnects wake it): callers need not.
+        let wake_below = if available + in_flight >= plan.low_mark {
+            plan.low_mark.saturating_sub(in_flight)
+        } else {
+            0
+        };
+        self.act(Action::Arm(wake_below));
+    }
+}
