@@ -972,4 +972,101 @@ mod tests {
         let err = args.resolve(&env(None, false)).unwrap_err().to_string();
         assert!(err.contains("in the future"), "{err}");
     }
+
+    fn parse(args: &[&str], e: &Environment) -> Result<ServerConfig, ConfigError> {
+        let mut all = vec!["snowlease-server", "--state-dir", "/tmp/x"];
+        all.extend_from_slice(args);
+        Args::parse_from(all).resolve(e)
+    }
+
+    #[test]
+    fn a_pod_ordinal_times_k_names_the_worker_set() {
+        let e = env(None, true);
+        let c = parse(
+            &["--pod-name", "snowlease-3", "--workers-per-pod", "32"],
+            &e,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.worker_id, c.worker_count, c.workers_per_pod),
+            (96, 32, Some(32))
+        );
+        let c = parse(&["--worker-ids", "10-19"], &e).unwrap();
+        assert_eq!(
+            (c.worker_id, c.worker_count, c.workers_per_pod),
+            (10, 10, None)
+        );
+        let c = parse(&["--worker-id", "7"], &env(None, false)).unwrap();
+        assert_eq!(
+            (c.worker_id, c.worker_count, c.workers_per_pod),
+            (7, 1, None)
+        );
+    }
+
+    #[test]
+    fn a_worker_set_that_does_not_fit_names_the_ordinal_k_and_the_limit() {
+        let e = env(None, true);
+        let err = parse(
+            &["--pod-name", "snowlease-32", "--workers-per-pod", "32"],
+            &e,
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "pod ordinal 32 (from POD_NAME=snowlease-32) with --workers-per-pod 32 needs worker ids 1024..=1055, but the layout's 10 worker bits hold 0..=1023: at most 32 pods fit with K=32 (replicas x K <= 1024)"
+        );
+        for (ids, reason) in [
+            ("5-3", "empty"),
+            ("1000-1024", "runs past"),
+            ("a-b", "not a whole number"),
+        ] {
+            let err = parse(&["--worker-ids", ids], &e).unwrap_err().to_string();
+            assert!(err.contains(reason), "{ids}: {err}");
+        }
+        let err = parse(&["--worker-id", "3", "--workers-per-pod", "2"], &e)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("WORKER_ID names one worker"), "{err}");
+        let err = parse(&["--workers-per-pod", "0"], &e)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "--workers-per-pod must be at least 1");
+    }
+
+    #[test]
+    fn reserve_ms_outside_its_range_is_refused_instead_of_wrapping() {
+        let e = env(None, false);
+        for bad in ["0", "1", "60001", "18446744073709551615"] {
+            let err = parse(&["--reserve-ms", bad], &e).unwrap_err().to_string();
+            assert!(err.contains("--reserve-ms"), "{bad}: {err}");
+        }
+        assert_eq!(
+            parse(&["--reserve-ms", "60000"], &e).unwrap().reserve_ms,
+            60_000
+        );
+    }
+
+    #[test]
+    fn the_default_state_directory_is_per_worker_set_and_no_state_dir_turns_it_off() {
+        let base = std::env::temp_dir().join(format!("snowlease-xdg-{}", std::process::id()));
+        let e = Environment {
+            xdg_state_home: Some(base.clone()),
+            ..Environment::default()
+        };
+        let c = Args::parse_from(["snowlease-server", "--worker-id", "5"])
+            .resolve(&e)
+            .unwrap();
+        assert_eq!(c.state_dir, Some(base.join("snowlease/worker-5")));
+        assert!(c.state_dir_is_default);
+        let c = Args::parse_from(["snowlease-server", "--worker-ids", "2-3"])
+            .resolve(&e)
+            .unwrap();
+        assert_eq!(c.state_dir, Some(base.join("snowlease/workers-2-3")));
+        let c = Args::parse_from(["snowlease-server", "--no-state-dir"])
+            .resolve(&e)
+            .unwrap();
+        assert_eq!(c.state_dir, None);
+        let _ = std::fs::remove_dir_all(base);
+    }
 }

@@ -33,7 +33,10 @@ impl Engine {
         let protocol = |reason: Violation| Error::Protocol { addr, reason };
         let quiet_since = self.hear(index, now);
         match frame {
-            Response::Welcome(w) => self.on_welcome(index, &w).map_err(protocol),
+            // A version-2 WELCOME carries version 2, which the version check refuses.
+            Response::Welcome(w) | Response::WelcomeV2 { welcome: w, .. } => {
+                self.on_welcome(index, &w).map_err(protocol)
+            }
             Response::Leased {
                 request_id,
                 first_id,
@@ -56,9 +59,9 @@ impl Engine {
             }
             Response::Pong { .. } => Ok(()),
             // This client speaks version 1, so a version-2 frame answers nothing it sent.
-            Response::BulkLeased { .. } | Response::WelcomeV2 { .. } => Err(protocol(
-                "a version-2 frame on a version-1 connection".to_owned(),
-            )),
+            Response::BulkLeased { request_id, .. } => {
+                Err(protocol(Violation::BulkOnVersion1 { request_id }))
+            }
             Response::GoAway { reason } => {
                 let conn = self.slots[index].conn_mut().ok_or(Error::Closed)?;
                 conn.draining = Some(reason);
