@@ -1,0 +1,3 @@
+module example.invalid/snowlease/client/go
+
+go 1.19
