@@ -12,9 +12,14 @@ When they change it
   * rewrites the headless Service's "DNS" (the client namespace's /etc/hosts) in place, one line
     per ready pod, as CoreDNS answers for a headless Service with publishNotReadyAddresses false;
   * writes CTL/endpoints ("ordinal ip" lines) for simulate.sh to wait on, and logs the change.
-The probe period is --period, or CTL/period (seconds) while that file exists: simulate.sh probes
-fast while it injects faults and at the manifest's readiness periodSeconds (2) while it measures,
-so the probes do not eat the CPU being measured. It stops when CTL/stop exists or after
+  * appends "unix_ms endpoints ORDINAL..." to CTL/events, so simulate.sh can tell when a pod
+    was back in the headless name's records.
+Every --period (or CTL/period, seconds, while that file exists) it probes the pods that are not
+ready; a ready pod is probed again only after CTL/ready_period seconds (default: the period).
+simulate.sh probes fast while it sets up and injects faults, and ready pods at the manifest's
+readiness periodSeconds (2) while it measures; with hundreds of pods it stretches that so the
+probes stay near 64 a second, because here every kubelet's probes share the two cores being
+measured (a real cluster spreads them over its nodes). It stops when CTL/stop exists or after
 --deadline-s, whichever comes first.
 """
 
@@ -57,7 +62,7 @@ def read_period(path, default):
     """The probe period simulate.sh asks for (CTL/period, seconds), else the default."""
     try:
         with open(path, encoding="ascii") as f:
-            return min(10.0, max(0.05, float(f.read().strip())))
+            return min(60.0, max(0.05, float(f.read().strip())))
     except (OSError, ValueError):
         return default
 
@@ -118,6 +123,8 @@ def apply(args, endpoints):
     with open(tmp, "w", encoding="ascii") as f:
         f.writelines(f"{ordinal} {ip}\n" for ordinal, ip in endpoints)
     os.replace(tmp, os.path.join(args.ctl, "endpoints"))
+    with open(os.path.join(args.ctl, "events"), "a", encoding="ascii") as f:
+        f.write(f"{int(time.time() * 1000)} endpoints {' '.join(str(o) for o, _ in endpoints)}\n")
 
 
 def main():
@@ -135,16 +142,20 @@ def main():
     args = parser.parse_args()
 
     deadline = time.monotonic() + args.deadline_s
-    ready, failures, current = set(), {}, None
+    ready, failures, last_probe = set(), {}, {}
     apply(args, [])
     current = []
     with ThreadPoolExecutor(max_workers=64) as pool:
         while time.monotonic() < deadline and not os.path.exists(os.path.join(args.ctl, "stop")):
             started = time.monotonic()
             period = read_period(os.path.join(args.ctl, "period"), args.period)
+            ready_period = read_period(os.path.join(args.ctl, "ready_period"), period)
             pods = read_pods(os.path.join(args.ctl, "pods"))
-            results = dict(zip(pods, pool.map(
-                lambda ip: probe(ip, args.admin_port, min(0.5, period * 2)), pods.values())))
+            due = {o: ip for o, ip in pods.items()
+                   if o not in ready or started - last_probe.get(o, 0.0) >= ready_period}
+            last_probe.update((o, started) for o in due)
+            results = dict(zip(due, pool.map(
+                lambda ip: probe(ip, args.admin_port, min(0.5, period * 2)), due.values())))
             for ordinal, ok in results.items():
                 if ok:
                     ready.add(ordinal)

@@ -56,7 +56,7 @@ pub enum Call {
 }
 
 /// Short name of a client error, so the error table groups by kind rather than by message.
-fn kind(e: &Error) -> String {
+pub(crate) fn kind(e: &Error) -> String {
     let debug = format!("{e:?}");
     let name: String = debug
         .chars()

@@ -20,6 +20,7 @@
 pub mod client_mode;
 pub mod raw;
 pub mod report;
+pub mod sim_load;
 pub mod spawn;
 pub mod stats;
 pub mod svg;

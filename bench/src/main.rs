@@ -138,7 +138,26 @@ impl Cli {
     }
 }
 
+/// `snowlease-bench sim-load ...` (temporary hook until the subcommands land).
+#[derive(Debug, Parser)]
+#[command(name = "snowlease-bench sim-load")]
+struct SimLoadCli {
+    #[command(flatten)]
+    args: snowlease_bench::sim_load::Args,
+}
+
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("sim-load") {
+        let cli = SimLoadCli::parse_from(std::env::args().skip(1));
+        return match snowlease_bench::sim_load::run(&cli.args) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(1),
+            Err(message) => {
+                eprintln!("snowlease-bench sim-load: {message}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let cli = Cli::parse();
     match run(&cli) {
         Ok(true) => ExitCode::SUCCESS,
