@@ -3,7 +3,9 @@
 short CI run starts from the interesting states instead of rediscovering the framing.
 
 Input layout of the stream targets (see fuzz/src/lib.rs `split`): mode byte, cut count, cuts as
-big-endian u16 offsets, then the byte stream. Run from anywhere: python3 fuzz/seeds/make_seeds.py
+big-endian u16 offsets, then the byte stream. The roundtrip target reads the same header, then
+recipes (fuzz/src/roundtrip.rs): opcode, body length (u16), stretch, body.
+Run from anywhere: python3 fuzz/seeds/make_seeds.py
 """
 import os
 import struct
@@ -78,6 +80,23 @@ RESPONSES = {
 }
 
 
+def recipe(frame_bytes, stretch=0):
+    """A roundtrip recipe that rebuilds `frame_bytes` (prefix, opcode, body)."""
+    opcode, body = frame_bytes[4], frame_bytes[5:]
+    return struct.pack(">BHB", opcode, len(body), stretch) + body
+
+
+def recipes(stream, stretch=0):
+    out, i = b"", 0
+    while i + 4 <= len(stream):
+        n = struct.unpack(">I", stream[i:i + 4])[0]
+        if n == 0 or n > 1024 or i + 4 + n > len(stream):
+            break
+        out += recipe(stream[i:i + 4 + n], stretch)
+        i += 4 + n
+    return out
+
+
 def write(target, name, data):
     d = os.path.join(HERE, target)
     os.makedirs(d, exist_ok=True)
@@ -95,3 +114,11 @@ write("connection", "token_missing", stream_input(lease(1, 1), mode=1))
 write("connection", "token_wrong", stream_input(hello(1, b"fuzz-tokem") + lease(1, 1), mode=1))
 for name, s in RESPONSES.items():
     write("decode_response", name, stream_input(s, cuts=(2, 40)))
+ROUNDTRIP = {
+    "requests": recipes(REQUESTS["pipeline"] + REQUESTS["hello_255"] + ping(2**64 - 1)),
+    "responses": recipes(RESPONSES["all"] + RESPONSES["max_error"]),
+    "stretched": recipe(hello(1, b"t" * 200), 40) + recipe(error(9, 3, "e" * 1000), 7)
+    + recipe(error(1, 1, "\u00e9" * 500), 9) + recipe(lease(1, 1)),
+}
+for name, s in ROUNDTRIP.items():
+    write("roundtrip", name, stream_input(s, cuts=(3, 70, 300)))
