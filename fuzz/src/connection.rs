@@ -97,6 +97,9 @@ enum Expect {
     Pong {
         nonce: u64,
     },
+    /// A request the model does not know: replies from here on are only checked for what
+    /// holds of every reply (see [`model`]).
+    Unmodelled,
 }
 
 /// The replies protocol.md requires for `stream`, in order. A closing error is always last.
@@ -144,6 +147,15 @@ fn model(stream: &[u8], guarded: bool) -> Vec<Expect> {
                 asked: count,
             },
             Request::Ping { nonce } => Expect::Pong { nonce },
+            // A request added to the codec before this model learnt it (the version 2 frames
+            // when they land). The stream is still fuzzed through the server, and every reply
+            // must still be a well-formed frame with no repeated ID, but the replies from here
+            // on are not predicted: teach the model the new request (fuzz/README.md).
+            #[allow(unreachable_patterns)]
+            _ => {
+                out.push(Expect::Unmodelled);
+                return out;
+            }
         });
     }
 }
@@ -180,15 +192,7 @@ fn check(reply: &Response, expect: &Expect, server: &Server) {
         ) => {
             assert_eq!(request_id, want);
             assert!(*count >= 1 && count <= asked, "LEASED {count} for {asked}");
-            let parts = layout.decompose(*first_id);
-            assert_eq!(parts.worker, WORKER);
-            assert!(u64::from(parts.sequence) + u64::from(*count) <= u64::from(layout.max_lease()));
-            let end = first_id + u64::from(*count);
-            let before = server.issued_until.fetch_max(end, Ordering::Relaxed);
-            assert!(
-                *first_id >= before,
-                "ID {first_id} repeats: {before} was already issued"
-            );
+            check_block(*first_id, *count, server);
         }
         (
             Response::Error {
@@ -210,6 +214,21 @@ fn check(reply: &Response, expect: &Expect, server: &Server) {
         (Response::Pong { nonce }, Expect::Pong { nonce: want }) => assert_eq!(nonce, want),
         (reply, expect) => panic!("got {reply:?}, expected {expect:?}"),
     }
+}
+
+/// Checks a leased block: this server's worker, inside one tick, above every block the same
+/// generator handed out before.
+fn check_block(first_id: u64, count: u32, server: &Server) {
+    let layout = Layout::DEFAULT;
+    let parts = layout.decompose(first_id);
+    assert_eq!(parts.worker, WORKER);
+    assert!(u64::from(parts.sequence) + u64::from(count) <= u64::from(layout.max_lease()));
+    let end = first_id + u64::from(count);
+    let before = server.issued_until.fetch_max(end, Ordering::Relaxed);
+    assert!(
+        first_id >= before,
+        "ID {first_id} repeats: {before} was already issued"
+    );
 }
 
 /// Writes the chunks (cancelling `shutdown` after chunk `stop_after`, if any), half-closes,
@@ -283,16 +302,34 @@ pub fn run(data: &[u8]) {
     {
         replies.pop();
     }
-    let expected = model(input.stream, guarded);
-    if stop_after.is_some() {
-        assert!(
+    let mut expected = model(input.stream, guarded);
+    let open_ended = expected.last() == Some(&Expect::Unmodelled);
+    if open_ended {
+        expected.pop();
+    }
+    match (stop_after.is_some(), open_ended) {
+        (false, false) => {
+            assert_eq!(replies.len(), expected.len(), "{replies:?} vs {expected:?}");
+        }
+        (true, false) => assert!(
             replies.len() <= expected.len(),
             "{replies:?} is not a prefix of {expected:?}"
-        );
-    } else {
-        assert_eq!(replies.len(), expected.len(), "{replies:?} vs {expected:?}");
+        ),
+        (false, true) => assert!(
+            replies.len() >= expected.len(),
+            "{replies:?} misses replies of {expected:?}"
+        ),
+        (true, true) => {}
     }
     for (reply, expect) in replies.iter().zip(&expected) {
         check(reply, expect, server);
+    }
+    for reply in replies.iter().skip(expected.len()) {
+        if let Response::Leased {
+            first_id, count, ..
+        } = reply
+        {
+            check_block(*first_id, *count, server);
+        }
     }
 }

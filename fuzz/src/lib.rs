@@ -215,7 +215,8 @@ mod tests {
     #[test]
     fn every_committed_seed_passes_its_target() {
         let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
-        let targets: [(&str, fn(&[u8])); 4] = [
+        type Body = fn(&[u8]);
+        let targets: [(&str, Body); 4] = [
             ("decode_request", decode::request),
             ("decode_response", decode::response),
             ("roundtrip", roundtrip::run),
