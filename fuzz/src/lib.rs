@@ -213,8 +213,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_committed_seed_passes_its_target() {
-        let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
+    fn every_committed_input_passes_its_target() {
+        let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         type Body = fn(&[u8]);
         let targets: [(&str, Body); 4] = [
             ("decode_request", decode::request),
@@ -224,10 +224,15 @@ mod tests {
         ];
         for (name, body) in targets {
             let mut n = 0;
-            for entry in std::fs::read_dir(seeds.join(name)).expect("a seed directory") {
-                let path = entry.expect("a directory entry").path();
-                body(&std::fs::read(&path).expect("a readable seed"));
-                n += 1;
+            for dir in ["seeds", "found"] {
+                let Ok(entries) = std::fs::read_dir(here.join(dir).join(name)) else {
+                    continue;
+                };
+                for entry in entries {
+                    let path = entry.expect("a directory entry").path();
+                    body(&std::fs::read(&path).expect("a readable input"));
+                    n += 1;
+                }
             }
             assert!(n > 0, "{name} has seeds");
         }
