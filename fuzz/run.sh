@@ -7,7 +7,8 @@
 #      FUZZ_INSTALL_TIMEOUT seconds;
 #   2. builds the four targets once (`cargo afl build --features afl`);
 #   3. fuzzes each target for SECONDS with afl-fuzz, FUZZ_JOBS targets at a time, starting
-#      from its committed seeds (fuzz/seeds/<target>) plus the local corpus of earlier runs
+#      from its committed inputs (hand-made fuzz/seeds/<target> and fuzz/found/<target>, the
+#      minimised queue of the last long run) plus the local corpus of earlier runs
 #      (fuzz/corpus/<target>, not committed; every run adds its queue to it);
 #   4. prints per target: executions and execs/s, corpus size and paths found this run,
 #      stability, crashes and hangs; exits non-zero on any crash or hang (copied to
@@ -76,7 +77,7 @@ if [ "$engine" = replay ]; then
     CARGO_TARGET_DIR="$target_dir/stable" cargo build --bins --quiet
     for t in "${targets[@]}"; do
         mkdir -p "seeds/$t" "corpus/$t"
-        mapfile -t files < <(find "seeds/$t" "corpus/$t" -type f | sort)
+        mapfile -t files < <(find "seeds/$t" "found/$t" "corpus/$t" -type f 2>/dev/null | sort)
         if ! "$target_dir/stable/debug/$t" "${files[@]}" >"logs/$t.log" 2>&1; then
             echo "fuzz: $t FAILED replaying its inputs; see fuzz/logs/$t.log" >&2
             tail -n 30 "logs/$t.log" >&2
@@ -177,7 +178,7 @@ run_one() {
     rm -rf "out/$t" "$in"
     mkdir -p "$in" "corpus/$t" "artifacts/$t"
     cp seeds/"$t"/* "$in"/
-    find "corpus/$t" -type f -exec cp -t "$in" {} +
+    find "found/$t" "corpus/$t" -type f -exec cp -t "$in" {} + 2>/dev/null || true
     # afl-fuzz stops itself after -V seconds; `timeout` only guards against it never starting.
     timeout --kill-after=10 $((secs + 120)) \
         cargo afl fuzz -i "$in" -o "out/$t" -V "$secs" -t 10000 -x wire.dict \
