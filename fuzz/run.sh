@@ -167,7 +167,7 @@ CARGO_TARGET_DIR="$target_dir/afl" CARGO_PROFILE_DEV_DEBUG=0 \
     cargo afl build --locked --target "$host" --no-default-features --features afl --bins --quiet
 built=$((SECONDS - start))
 bin="$target_dir/afl/$host/debug"
-echo "fuzz: cargo-afl ready in ${installed} s; built ${#targets[@]} targets in ${built} s" \
+echo "fuzz: cargo-afl ready in ${installed} s; built the targets in ${built} s" \
     "(opt-level $AFL_OPT_LEVEL)"
 
 export AFL_NO_UI=1 AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1
@@ -217,13 +217,21 @@ echo "(corpus: inputs in the queue at the end, seeds included; found: new paths 
 if [ "${#failed[@]}" -gt 0 ]; then
     for t in "${failed[@]}"; do
         echo "fuzz: $t FAILED: afl-fuzz log fuzz/logs/$t.log; findings in fuzz/artifacts/$t/" >&2
+        found_any=0
         for f in "out/$t"/default/crashes/id:* "out/$t"/default/hangs/id:*; do
             [ -f "$f" ] || continue
-            echo "fuzz: $f:" >&2
+            found_any=1
+            kept="$here/artifacts/$t/$(basename "$f")"
+            echo "fuzz: input $kept, in hex:" >&2
             od -An -tx1 -v "$f" | head -n 8 >&2
-            echo "fuzz: replay: $bin/$t < '$here/$f'" >&2
+            # Outside afl-fuzz the binary reads one input from stdin: show the panic.
+            echo "fuzz: replayed with: $bin/$t < '$kept'" >&2
+            (timeout 20 "$bin/$t" <"$f" 2>&1; true) 2>/dev/null | grep -v '^$' | head -n 6 \
+                | sed 's/^/    /' >&2 || true
         done
-        grep -m1 -B2 -A12 -E 'PROGRAM ABORT|panicked' "logs/$t.log" >&2 || tail -n 20 "logs/$t.log" >&2
+        if [ "$found_any" = 0 ]; then
+            grep -m1 -A8 'PROGRAM ABORT' "logs/$t.log" >&2 || tail -n 20 "logs/$t.log" >&2
+        fi
     done
     exit 1
 fi
