@@ -8,8 +8,9 @@
 //! model's sequence (LEASED may carry fewer IDs than asked), and every leased block must be
 //! above every block the same generator handed out before, in this run or an earlier one.
 //!
-//! The first input byte picks the variant: bit 0 requires a token, bit 1 cancels the shutdown
-//! token after one of the writes (the replies must then be a prefix of the model's, then
+//! The first input byte picks the variant: bit 0 requires a token (that server holds one worker
+//! id; the open one holds three, so version-2 bulk leases take runs of several workers), bit 1
+//! cancels the shutdown token after one of the writes (the replies must then be a prefix of the model's, then
 //! GOAWAY SHUTDOWN), bits 2-3 pick the pipe's buffer size (16 B to 64 KiB, so writes block
 //! both ways), bits 4-7 pick after which write the shutdown happens.
 
@@ -21,7 +22,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use snowlease_proto::wire::{self, goaway, ErrorCode, Request, Response};
+use snowlease_proto::wire::{self, goaway, ErrorCode, Request, Response, WorkerSet};
 use snowlease_proto::Layout;
 use snowlease_server::{conn, ServerConfig, Shared};
 
@@ -35,10 +36,11 @@ const WORKER: u16 = 77;
 /// assertion, with context; one that spins is caught by the engine.
 const HANG: Duration = Duration::from_secs(5);
 
-/// One server's state and the highest ID end it has handed out so far.
+/// One server's state and, per worker, the highest ID end it has handed out so far.
 struct Server {
     shared: Arc<Shared>,
-    issued_until: AtomicU64,
+    workers: u16,
+    issued_until: Vec<AtomicU64>,
 }
 
 struct Harness {
@@ -47,15 +49,17 @@ struct Harness {
     guarded: Server,
 }
 
-fn server(token_file: Option<std::path::PathBuf>) -> Server {
+fn server(token_file: Option<std::path::PathBuf>, workers: u16) -> Server {
     let mut config = ServerConfig::for_tests(WORKER);
+    config.worker_count = workers;
     // No waiting for the clock: the fuzzer leases far faster than 4096 IDs a millisecond, and
     // a lease that waits would only make it slower, not explore anything new.
     config.max_lead_ms = u64::MAX;
     config.token_file = token_file;
     Server {
         shared: Shared::for_tests(config).expect("a test server state"),
-        issued_until: AtomicU64::new(0),
+        workers,
+        issued_until: (0..workers).map(|_| AtomicU64::new(0)).collect(),
     }
 }
 
@@ -65,14 +69,14 @@ fn harness() -> &'static Harness {
         let path =
             std::env::temp_dir().join(format!("snowlease-fuzz-token-{}", std::process::id()));
         std::fs::write(&path, TOKEN).expect("write the token file");
-        let guarded = server(Some(path.clone()));
+        let guarded = server(Some(path.clone()), 1);
         let _ = std::fs::remove_file(path);
         Harness {
             rt: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("runtime"),
-            open: server(None),
+            open: server(None, 3),
             guarded,
         }
     })
@@ -87,6 +91,11 @@ enum Expect {
     },
     /// LEASED with this request id for at most this many IDs, or UNAVAILABLE for it.
     Leased {
+        request_id: u32,
+        asked: u32,
+    },
+    /// BULK_LEASED with this request id for at most this many IDs, or UNAVAILABLE for it.
+    BulkLeased {
         request_id: u32,
         asked: u32,
     },
@@ -112,6 +121,7 @@ fn model(stream: &[u8], guarded: bool) -> Vec<Expect> {
     let mut buf = BytesMut::from(stream);
     let mut out = Vec::new();
     let mut authenticated = !guarded;
+    let mut version = wire::VERSION;
     loop {
         let request = match wire::decode_request(&mut buf) {
             Ok(Some(r)) => r,
@@ -135,8 +145,23 @@ fn model(stream: &[u8], guarded: bool) -> Vec<Expect> {
                 out.push(close(ErrorCode::UNSUPPORTED_VERSION));
                 return out;
             }
-            Request::Hello { version, .. } => Expect::Welcome {
-                version: version.min(wire::VERSION),
+            Request::Hello { version: asked, .. } => {
+                version = asked.min(wire::MAX_VERSION);
+                Expect::Welcome { version }
+            }
+            Request::BulkLease { .. } if version < wire::VERSION_2 => {
+                out.push(close(ErrorCode::MALFORMED));
+                return out;
+            }
+            Request::BulkLease { request_id, count } if count == 0 || count > wire::MAX_BULK => {
+                Expect::Error {
+                    request_id,
+                    code: ErrorCode::INVALID_COUNT,
+                }
+            }
+            Request::BulkLease { request_id, count } => Expect::BulkLeased {
+                request_id,
+                asked: count,
             },
             Request::Lease { request_id, count } if count == 0 || count > max => Expect::Error {
                 request_id,
@@ -164,9 +189,30 @@ fn model(stream: &[u8], guarded: bool) -> Vec<Expect> {
 /// history.
 fn check(reply: &Response, expect: &Expect, server: &Server) {
     let layout = Layout::DEFAULT;
-    match (reply, expect) {
+    let welcome = match (reply, expect) {
         (Response::Welcome(w), Expect::Welcome { version }) => {
-            assert_eq!((w.version, w.worker_id), (*version, WORKER));
+            assert_eq!(*version, wire::VERSION);
+            Some(w)
+        }
+        (Response::WelcomeV2 { welcome, workers }, Expect::Welcome { version }) => {
+            assert_eq!(*version, wire::VERSION_2);
+            let set = WorkerSet {
+                first_worker: WORKER,
+                worker_count: server.workers,
+                max_bulk: wire::MAX_BULK,
+            };
+            assert_eq!(*workers, set);
+            assert!(set.contains(welcome.worker_id), "home worker outside the set");
+            Some(welcome)
+        }
+        _ => None,
+    };
+    if let Some(w) = welcome {
+        assert_eq!(w.version, expect_version(expect));
+        assert!((WORKER..WORKER + server.workers).contains(&w.worker_id));
+    }
+    match (reply, expect) {
+        (Response::Welcome(w) | Response::WelcomeV2 { welcome: w, .. }, Expect::Welcome { .. }) => {
             assert_eq!(w.max_lease, layout.max_lease());
             assert_eq!(w.epoch_unix_ms, layout.epoch_unix_ms());
             let bits = (w.timestamp_bits, w.worker_bits, w.sequence_bits);
@@ -195,10 +241,31 @@ fn check(reply: &Response, expect: &Expect, server: &Server) {
             check_block(*first_id, *count, server);
         }
         (
+            Response::BulkLeased { request_id, runs },
+            Expect::BulkLeased {
+                request_id: want,
+                asked,
+            },
+        ) => {
+            assert_eq!(request_id, want);
+            assert!((1..=wire::MAX_RUNS).contains(&runs.len()), "{} runs", runs.len());
+            let total: u64 = runs.iter().map(|r| u64::from(r.count)).sum();
+            assert!(total >= 1 && total <= u64::from(*asked), "{total} IDs for {asked}");
+            for run in runs {
+                assert!(layout.run_fits(run.first_id, run.count), "{run:?} passes the end");
+                for (first_id, count) in layout.blocks(run.first_id, run.count) {
+                    check_block(first_id, count, server);
+                }
+            }
+        }
+        (
             Response::Error {
                 request_id, code, ..
             },
             Expect::Leased {
+                request_id: want, ..
+            }
+            | Expect::BulkLeased {
                 request_id: want, ..
             },
         ) => assert_eq!((request_id, *code), (want, ErrorCode::UNAVAILABLE)),
@@ -216,15 +283,24 @@ fn check(reply: &Response, expect: &Expect, server: &Server) {
     }
 }
 
-/// Checks a leased block: this server's worker, inside one tick, above every block the same
-/// generator handed out before.
+/// The version a [`Expect::Welcome`] names (0 for any other expectation).
+fn expect_version(expect: &Expect) -> u16 {
+    match expect {
+        Expect::Welcome { version } => *version,
+        _ => 0,
+    }
+}
+
+/// Checks a leased block: one of this server's workers, inside one tick, above every block the
+/// same generator handed out before.
 fn check_block(first_id: u64, count: u32, server: &Server) {
     let layout = Layout::DEFAULT;
     let parts = layout.decompose(first_id);
-    assert_eq!(parts.worker, WORKER);
+    let index = parts.worker.wrapping_sub(WORKER);
+    assert!(index < server.workers, "worker {} is not the server's", parts.worker);
     assert!(u64::from(parts.sequence) + u64::from(count) <= u64::from(layout.max_lease()));
     let end = first_id + u64::from(count);
-    let before = server.issued_until.fetch_max(end, Ordering::Relaxed);
+    let before = server.issued_until[usize::from(index)].fetch_max(end, Ordering::Relaxed);
     assert!(
         first_id >= before,
         "ID {first_id} repeats: {before} was already issued"
@@ -325,11 +401,18 @@ pub fn run(data: &[u8]) {
         check(reply, expect, server);
     }
     for reply in replies.iter().skip(expected.len()) {
-        if let Response::Leased {
-            first_id, count, ..
-        } = reply
-        {
-            check_block(*first_id, *count, server);
+        match reply {
+            Response::Leased {
+                first_id, count, ..
+            } => check_block(*first_id, *count, server),
+            Response::BulkLeased { runs, .. } => {
+                for run in runs {
+                    for (first_id, count) in Layout::DEFAULT.blocks(run.first_id, run.count) {
+                        check_block(first_id, count, server);
+                    }
+                }
+            }
+            _ => {}
         }
     }
 }
