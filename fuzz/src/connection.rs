@@ -202,7 +202,10 @@ fn check(reply: &Response, expect: &Expect, server: &Server) {
                 max_bulk: wire::MAX_BULK,
             };
             assert_eq!(*workers, set);
-            assert!(set.contains(welcome.worker_id), "home worker outside the set");
+            assert!(
+                set.contains(welcome.worker_id),
+                "home worker outside the set"
+            );
             Some(welcome)
         }
         _ => None,
@@ -248,11 +251,21 @@ fn check(reply: &Response, expect: &Expect, server: &Server) {
             },
         ) => {
             assert_eq!(request_id, want);
-            assert!((1..=wire::MAX_RUNS).contains(&runs.len()), "{} runs", runs.len());
+            assert!(
+                (1..=wire::MAX_RUNS).contains(&runs.len()),
+                "{} runs",
+                runs.len()
+            );
             let total: u64 = runs.iter().map(|r| u64::from(r.count)).sum();
-            assert!(total >= 1 && total <= u64::from(*asked), "{total} IDs for {asked}");
+            assert!(
+                total >= 1 && total <= u64::from(*asked),
+                "{total} IDs for {asked}"
+            );
             for run in runs {
-                assert!(layout.run_fits(run.first_id, run.count), "{run:?} passes the end");
+                assert!(
+                    layout.run_fits(run.first_id, run.count),
+                    "{run:?} passes the end"
+                );
                 for (first_id, count) in layout.blocks(run.first_id, run.count) {
                     check_block(first_id, count, server);
                 }
@@ -297,7 +310,11 @@ fn check_block(first_id: u64, count: u32, server: &Server) {
     let layout = Layout::DEFAULT;
     let parts = layout.decompose(first_id);
     let index = parts.worker.wrapping_sub(WORKER);
-    assert!(index < server.workers, "worker {} is not the server's", parts.worker);
+    assert!(
+        index < server.workers,
+        "worker {} is not the server's",
+        parts.worker
+    );
     assert!(u64::from(parts.sequence) + u64::from(count) <= u64::from(layout.max_lease()));
     let end = first_id + u64::from(count);
     let before = server.issued_until[usize::from(index)].fetch_max(end, Ordering::Relaxed);
