@@ -68,8 +68,8 @@ pub struct ConnOutcome {
 
 /// A connected socket after HELLO/WELCOME.
 pub struct Opened {
-    stream: Stream,
-    buf: BytesMut,
+    pub(crate) stream: Stream,
+    pub(crate) buf: BytesMut,
     /// What the server said about itself.
     pub welcome: Welcome,
 }
@@ -128,7 +128,11 @@ pub async fn open(
 }
 
 /// Writes and flushes (TLS holds records until a flush; TCP's flush is free).
-async fn write(stream: &mut Stream, bytes: &[u8], deadline: Instant) -> Result<(), String> {
+pub(crate) async fn write(
+    stream: &mut Stream,
+    bytes: &[u8],
+    deadline: Instant,
+) -> Result<(), String> {
     let write = async {
         stream.write_all(bytes).await?;
         stream.flush().await
