@@ -12,6 +12,8 @@
 //! | `SNOWLEASE_LISTEN`, `SNOWLEASE_ADMIN_LISTEN` | `127.0.0.1:0` | OS-chosen loopback ports, read back from the log |
 //! | `SNOWLEASE_LOG_FORMAT` | `json` | the `serving` line is parsed |
 //! | `SNOWLEASE_STATE_DIR` | a fresh temporary directory per server | the server locks its state directory: parallel servers must never share one |
+//! | `SNOWLEASE_MAX_CONNECTIONS_PER_PEER` | `0` (no per-peer cap) | every loopback client is one peer, 127.0.0.1; tests of the cap pass `--max-connections-per-peer` |
+//! | `SNOWLEASE_FIRST_FRAME_TIMEOUT_MS` | `0` (the idle timeout only) | tests that hold silent connections measure other things; tests of the deadline pass the flag |
 //!
 //! [`ServerCommand::spawn`] starts it, hands stderr to a reader thread ([`Log::drain`]) and
 //! waits (bounded) for the `serving` line, failing at once if the process exits first.
@@ -278,7 +280,9 @@ impl ServerCommand {
         }
         cmd.env("SNOWLEASE_LISTEN", "127.0.0.1:0")
             .env("SNOWLEASE_ADMIN_LISTEN", "127.0.0.1:0")
-            .env("SNOWLEASE_LOG_FORMAT", "json");
+            .env("SNOWLEASE_LOG_FORMAT", "json")
+            .env("SNOWLEASE_MAX_CONNECTIONS_PER_PEER", "0")
+            .env("SNOWLEASE_FIRST_FRAME_TIMEOUT_MS", "0");
         let state = match &self.state_dir {
             StateDir::At(dir) if !self.args_choose_state() => Some(dir.as_path()),
             _ => fresh_state,
