@@ -455,14 +455,15 @@ async fn run_peer_cap(settings: &Settings, counters: &Arc<Counters>) -> Result<R
     };
     // One connection from the probing peer first: refuses early (no server, no such source
     // address) and learns the layout. It stays open, idle, until the end.
-    let (welcome, _first) = probe::welcome_from(&p).await?;
-    let layout = announced_layout(&welcome, 1)?;
+    let first = probe::welcome_from(&p).await?;
+    let layout = announced_layout(&first.welcome, 1)?;
     let hog = probe::Hog::open(&p).await?;
     let (timeline, sampler) = start_clock(settings, counters, "probes/s");
     let (report, blocks) = probe::fresh_connection_probe(&p, hog, timeline, counters.clone()).await;
     let mut merged = Merged::new();
     merged.absorb(blocks, &stats::histogram(), BTreeMap::new());
-    let workers = BTreeSet::from([welcome.worker_id]);
+    let workers = BTreeSet::from([first.welcome.worker_id]);
+    drop(first);
     let mut ran = Ran::new(merged, layout, workers, sampler);
     ran.probe = Some(report);
     Ok(ran)

@@ -36,7 +36,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::{interval_at, timeout_at, Instant, MissedTickBehavior};
 
-use snowlease::wire::{self, ErrorCode, Request, Response, Welcome};
+use snowlease::wire::{self, ErrorCode, Request, Response};
 
 use crate::raw::{self, Opened};
 use crate::stats::{self, Counters, Latency};
@@ -473,36 +473,14 @@ pub async fn fresh_connection_probe(
     (report, tally.blocks)
 }
 
-/// Connects from the probing peer, sends HELLO and returns the WELCOME with the connection,
-/// which the caller keeps open for the run: closed, its slot would free up at a moment the
-/// bench cannot see, and whether the held connections or a probe took it would be a race.
-pub async fn welcome_from(p: &PeerCap) -> Result<(Welcome, TcpStream), String> {
+/// Connects from the probing peer and completes HELLO/WELCOME. The caller keeps the
+/// connection open for the run: closed, its slot would free up at a moment the bench cannot
+/// see, and whether the held connections or a probe took it would be a race.
+pub async fn welcome_from(p: &PeerCap) -> Result<Opened, String> {
     let deadline = Instant::now() + p.timeout;
-    let mut s = connect_from(p.probe_source, p.server, deadline).await?;
-    timeout_at(deadline, s.write_all(&hello_bytes(p.token.as_deref())))
-        .await
-        .map_err(|_| "sending HELLO timed out".to_owned())?
-        .map_err(|e| format!("sending HELLO: {e}"))?;
-    let mut buf = BytesMut::with_capacity(256);
-    loop {
-        match wire::decode_response(&mut buf) {
-            Ok(Some(Response::Welcome(w))) => return Ok((w, s)),
-            Ok(Some(other)) => {
-                return Err(format!(
-                    "{} answered HELLO from {} with {other:?}",
-                    p.server, p.probe_source
-                ))
-            }
-            Err(e) => return Err(format!("malformed reply: {e}")),
-            Ok(None) => {}
-        }
-        match timeout_at(deadline, s.read_buf(&mut buf)).await {
-            Ok(Ok(0)) => return Err(format!("{} closed the connection after HELLO", p.server)),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(format!("reading WELCOME: {e}")),
-            Err(_) => return Err(format!("no WELCOME within {:?}", p.timeout)),
-        }
-    }
+    let tcp = connect_from(p.probe_source, p.server, deadline).await?;
+    let label = format!("{} (from {})", p.server, p.probe_source);
+    raw::greet(tcp, &label, p.token.as_deref(), deadline, None).await
 }
 
 async fn one_probe(p: &PeerCap, started: Instant) -> Outcome {

@@ -1122,8 +1122,8 @@ fn a_sighup_sent_as_soon_as_the_server_reports_serving_reloads_the_token() {
     // A loaded machine makes the race likely (a quarter of the tries under `stress --cpu 4`),
     // an idle one rarely: each try is a fresh server signalled the moment it says `serving`.
     // A server that subscribes first passes every try.
-    let dir = token_dir("early-hup");
-    let file = dir.join("token");
+    let dir = snowlease_testkit::temp_dir("hostile-early-hup");
+    let file = dir.path().join("token");
     for attempt in 0..20 {
         let mtime = SystemTime::now() - Duration::from_secs(3600);
         rewrite(&file, "first-token", mtime);
@@ -1135,7 +1135,6 @@ fn a_sighup_sent_as_soon_as_the_server_reports_serving_reloads_the_token() {
             l.contains("token reloaded")
         });
     }
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
