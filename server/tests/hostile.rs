@@ -1117,7 +1117,6 @@ fn sighup_and_a_changed_file_reload_the_token_and_keep_authenticated_connections
 }
 
 #[test]
-#[ignore = "fails until the server subscribes to SIGHUP before its `serving` line (issue 15)"]
 fn a_sighup_sent_as_soon_as_the_server_reports_serving_reloads_the_token() {
     // A loaded machine makes the race likely (a quarter of the tries under `stress --cpu 4`),
     // an idle one rarely: each try is a fresh server signalled the moment it says `serving`.
