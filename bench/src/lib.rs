@@ -8,16 +8,22 @@
 //! - [`raw`] drives the bare protocol: pipelined LEASEs per connection, or (`reconnect`) one
 //!   LEASE per fresh connection, which measures connection setup.
 //! - [`client_mode`] drives [`snowlease::Client`]: `next_id()` or `lease(n)` from many tasks.
+//! - [`probe`] times a light client beside heavy ones: `fairness` (a count=1 LEASE on an idle
+//!   connection while hundreds drain the worker at its ceiling) and `peer-cap` (a second
+//!   peer's fresh connections while one peer holds connections open).
 //! - [`stats`] holds the counters, the per-second series and the latency math; [`verify`]
 //!   the overlap check; [`report`] the table and JSON; [`svg`] the chart; [`spawn`] starts
-//!   and stops a server child for `--spawn`; [`tls`] sets up `--tls` (and a throwaway
-//!   certificate for a spawned server).
+//!   and stops a server child for `--spawn` (through `snowlease-testkit`); [`tls`] sets up
+//!   `--tls` (and a throwaway certificate for a spawned server).
+//! - [`tools`]: the subcommands scripts call instead of speaking the protocol themselves
+//!   (`serve`, `startup`, `idle-conns`, `verify-ranges`).
 //!
 //! The load generator runs on one tokio runtime of `--threads` threads (default 1): on the
 //! two-core machines this project targets, one core for the bench leaves the other to the
 //! server; a bench competing with the server for cores would measure the scheduler.
 
 pub mod client_mode;
+pub mod probe;
 pub mod raw;
 pub mod report;
 pub mod sim_load;
@@ -25,9 +31,11 @@ pub mod spawn;
 pub mod stats;
 pub mod svg;
 pub mod tls;
+pub mod tools;
 pub mod verify;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +46,7 @@ use snowlease::client::TlsOptions;
 use snowlease::wire::Welcome;
 use snowlease::{Client, ClientConfig, Layout};
 
+use crate::probe::ProbeReport;
 use crate::report::Report;
 use crate::stats::{Counters, Sampler};
 use crate::verify::Block;
@@ -54,6 +63,12 @@ pub enum Mode {
     /// Connection setup: each of `--connections` tasks connects (TLS too with `--tls`),
     /// sends HELLO, leases `--batch` once and closes, over and over.
     Reconnect,
+    /// Fairness at the ceiling: `--connections` (500) connections keep `--depth` (1)
+    /// whole-tick LEASEs in flight while an idle connection's count=1 LEASEs are timed.
+    Fairness,
+    /// One peer over its connection cap: `--hog-source` holds `--connections` (1,100) idle
+    /// connections while `--probe-source` times fresh connections leasing count=1.
+    PeerCap,
 }
 
 impl Mode {
@@ -64,6 +79,35 @@ impl Mode {
             Mode::Client => "client",
             Mode::ClientLease => "client-lease",
             Mode::Reconnect => "reconnect",
+            Mode::Fairness => "fairness",
+            Mode::PeerCap => "peer-cap",
+        }
+    }
+
+    /// `--connections` when not given.
+    pub fn default_connections(self) -> u32 {
+        match self {
+            Mode::Fairness => 500,
+            Mode::PeerCap => 1_100,
+            _ => 4,
+        }
+    }
+
+    /// `--depth` when not given: one whole-tick LEASE per connection for fairness, so 500
+    /// connections queue 500 ticks (about 500 ms) and no reply outlives the timeout.
+    pub fn default_depth(self) -> u32 {
+        match self {
+            Mode::Fairness => 1,
+            _ => 8,
+        }
+    }
+
+    /// `--warmup` when not given: the probe modes let the load settle first (the held
+    /// connections accepted, the fairness queue filled).
+    pub fn default_warmup(self) -> f64 {
+        match self {
+            Mode::Fairness | Mode::PeerCap => 1.0,
+            _ => 0.0,
         }
     }
 }
@@ -101,6 +145,14 @@ pub struct Settings {
     pub tls: Option<TlsOptions>,
     /// No progress lines.
     pub quiet: bool,
+    /// Probe modes: between probes.
+    pub probe_interval: Duration,
+    /// `peer-cap`: source address of the held connections.
+    pub hog_source: IpAddr,
+    /// `peer-cap`: whether the held connections send HELLO.
+    pub hog_hello: bool,
+    /// `peer-cap`: source address of the probes.
+    pub probe_source: IpAddr,
 }
 
 /// When load starts, when measuring starts, and when sending stops.
@@ -157,25 +209,56 @@ impl Merged {
 /// Runs the benchmark. `Err` means it could not start (no server, bad batch for the server).
 pub async fn run(settings: &Settings) -> Result<Report, String> {
     let counters = Arc::new(Counters::default());
-    let (merged, layout, mut workers, sampler) = match settings.mode {
+    let ran = match settings.mode {
         Mode::Raw => run_raw(settings, &counters).await?,
         Mode::Reconnect => run_reconnect(settings, &counters).await?,
         Mode::Client | Mode::ClientLease => run_client(settings, &counters).await?,
+        Mode::Fairness => run_fairness(settings, &counters).await?,
+        Mode::PeerCap => run_peer_cap(settings, &counters).await?,
     };
-    let series = sampler.finish();
+    let series = ran.sampler.finish();
     let Merged {
         mut blocks,
         latency,
         errors,
-    } = merged;
-    workers.extend(blocks.iter().map(|b| layout.decompose(b.first).worker));
+    } = ran.merged;
+    let mut workers = ran.workers;
+    workers.extend(blocks.iter().map(|b| ran.layout.decompose(b.first).worker));
     let verdict = settings.verify.then(|| verify::check_disjoint(&mut blocks));
-    Ok(Report::build(
-        settings, &counters, &layout, workers, &latency, errors, verdict, series,
-    ))
+    let mut report = Report::build(
+        settings,
+        &counters,
+        &ran.layout,
+        workers,
+        &latency,
+        errors,
+        verdict,
+        series,
+    );
+    report.probe = ran.probe;
+    Ok(report)
 }
 
-type Ran = (Merged, Layout, BTreeSet<u16>, Sampler);
+/// What a mode hands back to [`run`].
+struct Ran {
+    merged: Merged,
+    layout: Layout,
+    workers: BTreeSet<u16>,
+    sampler: Sampler,
+    probe: Option<ProbeReport>,
+}
+
+impl Ran {
+    fn new(merged: Merged, layout: Layout, workers: BTreeSet<u16>, sampler: Sampler) -> Ran {
+        Ran {
+            merged,
+            layout,
+            workers,
+            sampler,
+            probe: None,
+        }
+    }
+}
 
 fn tls_target(settings: &Settings) -> Result<Option<tls::TlsTarget>, String> {
     settings
@@ -197,24 +280,8 @@ fn raw_params(settings: &Settings) -> Arc<raw::RawParams> {
 }
 
 async fn run_raw(settings: &Settings, counters: &Arc<Counters>) -> Result<Ran, String> {
-    let mut opened = Vec::with_capacity(settings.connections);
     let tls = tls_target(settings)?;
-    let attempts = futures::future::join_all((0..settings.connections).map(|_| {
-        raw::open(
-            &settings.addr,
-            settings.token.as_deref(),
-            settings.timeout,
-            tls.as_ref(),
-        )
-    }))
-    .await;
-    for attempt in attempts {
-        opened.push(attempt?);
-    }
-    let Some(first) = opened.first() else {
-        return Err("no connections".into());
-    };
-    let layout = announced_layout(&first.welcome, settings.batch)?;
+    let (opened, layout) = open_many(settings, settings.connections, tls.as_ref()).await?;
     let workers: BTreeSet<u16> = opened.iter().map(|o| o.welcome.worker_id).collect();
     let params = raw_params(settings);
     let (timeline, sampler) = start_clock(settings, counters, "leases/s");
@@ -223,7 +290,7 @@ async fn run_raw(settings: &Settings, counters: &Arc<Counters>) -> Result<Ran, S
         .map(|o| tokio::spawn(raw::drive(o, params.clone(), timeline, counters.clone())))
         .collect();
     let merged = merge_raw(handles).await;
-    Ok((merged, layout, workers, sampler))
+    Ok(Ran::new(merged, layout, workers, sampler))
 }
 
 async fn run_reconnect(settings: &Settings, counters: &Arc<Counters>) -> Result<Ran, String> {
@@ -253,7 +320,12 @@ async fn run_reconnect(settings: &Settings, counters: &Arc<Counters>) -> Result<
         })
         .collect();
     let merged = merge_raw(handles).await;
-    Ok((merged, layout, BTreeSet::from([w.worker_id]), sampler))
+    Ok(Ran::new(
+        merged,
+        layout,
+        BTreeSet::from([w.worker_id]),
+        sampler,
+    ))
 }
 
 async fn run_client(settings: &Settings, counters: &Arc<Counters>) -> Result<Ran, String> {
@@ -309,7 +381,102 @@ async fn run_client(settings: &Settings, counters: &Arc<Counters>) -> Result<Ran
         }
     }
     client.close().await;
-    Ok((merged, layout, workers, sampler))
+    Ok(Ran::new(merged, layout, workers, sampler))
+}
+
+/// Opens `n` connections with HELLO (all at once) and learns the layout from the first.
+async fn open_many(
+    settings: &Settings,
+    n: usize,
+    tls: Option<&tls::TlsTarget>,
+) -> Result<(Vec<raw::Opened>, Layout), String> {
+    let attempts = futures::future::join_all((0..n).map(|_| {
+        raw::open(
+            &settings.addr,
+            settings.token.as_deref(),
+            settings.timeout,
+            tls,
+        )
+    }))
+    .await;
+    let opened = attempts.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let Some(first) = opened.first() else {
+        return Err("no connections".into());
+    };
+    let layout = announced_layout(&first.welcome, settings.batch)?;
+    Ok((opened, layout))
+}
+
+async fn run_fairness(settings: &Settings, counters: &Arc<Counters>) -> Result<Ran, String> {
+    let tls = tls_target(settings)?;
+    let (mut opened, layout) = open_many(settings, settings.connections + 1, tls.as_ref()).await?;
+    let workers: BTreeSet<u16> = opened.iter().map(|o| o.welcome.worker_id).collect();
+    let Some(idle) = opened.pop() else {
+        return Err("no connections".into());
+    };
+    let params = raw_params(settings);
+    let (timeline, sampler) = start_clock(settings, counters, "leases/s");
+    let handles: Vec<_> = opened
+        .into_iter()
+        .map(|o| tokio::spawn(raw::drive(o, params.clone(), timeline, counters.clone())))
+        .collect();
+    let (report, blocks) = probe::idle_probe(
+        idle,
+        settings.probe_interval,
+        settings.timeout,
+        timeline,
+        counters.clone(),
+    )
+    .await;
+    let mut merged = merge_raw(handles).await;
+    if settings.verify {
+        merged.absorb(blocks, &stats::histogram(), BTreeMap::new());
+    }
+    let mut ran = Ran::new(merged, layout, workers, sampler);
+    ran.probe = Some(report);
+    Ok(ran)
+}
+
+async fn run_peer_cap(settings: &Settings, counters: &Arc<Counters>) -> Result<Ran, String> {
+    if settings.tls.is_some() {
+        return Err(
+            "--mode peer-cap speaks plaintext only (its probes bind a source address)".into(),
+        );
+    }
+    let server = resolve(&settings.addr).await?;
+    let p = probe::PeerCap {
+        server,
+        hog_source: settings.hog_source,
+        hog_connections: settings.connections,
+        hog_hello: settings.hog_hello,
+        probe_source: settings.probe_source,
+        interval: settings.probe_interval,
+        timeout: settings.timeout,
+        token: settings.token.clone(),
+    };
+    // One connection from the probing peer first: refuses early (no server, no such source
+    // address) and learns the layout. It stays open, idle, until the end.
+    let first = probe::welcome_from(&p).await?;
+    let layout = announced_layout(&first.welcome, 1)?;
+    let hog = probe::Hog::open(&p).await?;
+    let (timeline, sampler) = start_clock(settings, counters, "probes/s");
+    let (report, blocks) = probe::fresh_connection_probe(&p, hog, timeline, counters.clone()).await;
+    let mut merged = Merged::new();
+    merged.absorb(blocks, &stats::histogram(), BTreeMap::new());
+    let workers = BTreeSet::from([first.welcome.worker_id]);
+    drop(first);
+    let mut ran = Ran::new(merged, layout, workers, sampler);
+    ran.probe = Some(report);
+    Ok(ran)
+}
+
+/// The first address `addr` resolves to.
+async fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| format!("cannot resolve {addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr} resolves to no address"))
 }
 
 /// The layout a server announced in WELCOME; refuses a `--batch` it would not grant.

@@ -1,8 +1,11 @@
 //! `snowlease-bench`: parses the command line, optionally spawns a server, runs
 //! [`snowlease_bench::run`] on a runtime of `--threads` threads, prints the table, writes the
 //! JSON and SVG files, and exits 0 (IDs received, none overlapping), 1 (no IDs or an overlap)
-//! or 2 (could not start).
+//! or 2 (could not start). With a subcommand (`serve`, `startup`, `idle-conns`,
+//! `verify-ranges`: [`snowlease_bench::tools`]) it runs that instead, with the same exit
+//! codes.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -11,12 +14,20 @@ use clap::Parser;
 
 use snowlease::client::TlsOptions;
 use snowlease_bench::report::Report;
+use snowlease_bench::tools::Tool;
 use snowlease_bench::{spawn, svg, tls, Mode, Settings};
 
 /// Load-test a snowlease server and check every ID it hands out is unique.
 #[derive(Debug, Parser)]
-#[command(name = "snowlease-bench", version)]
+#[command(
+    name = "snowlease-bench",
+    version,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
+    /// A tool for scripts instead of a load run.
+    #[command(subcommand)]
+    tool: Option<Tool>,
     /// Server address (ignored with --spawn).
     #[arg(long, env = "SNOWLEASE_ADDR", default_value = "127.0.0.1:7609")]
     addr: String,
@@ -30,20 +41,27 @@ struct Cli {
     #[arg(long, default_value_t = 1, requires = "spawn")]
     server_threads: usize,
     /// Extra argument for the spawned server (repeatable), e.g. --server-arg=--max-lead-ms=50.
+    /// Arguments after `--` go to the spawned server too.
     #[arg(long, allow_hyphen_values = true, requires = "spawn")]
     server_arg: Vec<String>,
+    /// Arguments for the spawned server, after `--`.
+    #[arg(last = true, requires = "spawn")]
+    server_args: Vec<String>,
     /// Write the spawned server's log here.
     #[arg(long, requires = "spawn")]
     server_log: Option<PathBuf>,
     /// What to drive the server with.
     #[arg(long, value_enum, default_value_t = Mode::Raw)]
     mode: Mode,
-    /// Raw mode: TCP connections. Reconnect mode: tasks, each one connection at a time.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    connections: u32,
-    /// Raw mode: LEASE requests kept in flight per connection.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    depth: u32,
+    /// Raw mode: TCP connections (default 4). Reconnect: tasks, each one connection at a
+    /// time (4). Fairness: connections draining whole ticks (500). Peer-cap: connections the
+    /// first peer holds (1,100).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=60_000))]
+    connections: Option<u32>,
+    /// Raw and fairness modes: LEASE requests kept in flight per connection (default 8;
+    /// fairness 1).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    depth: Option<u32>,
     /// IDs per LEASE (raw) or per lease() call (client-lease); at most the server's max_lease.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     batch: u32,
@@ -57,9 +75,21 @@ struct Cli {
     /// Measured seconds (fractions allowed).
     #[arg(long, default_value_t = 10.0, value_parser = seconds)]
     duration: f64,
-    /// Unmeasured seconds before the measurement.
-    #[arg(long, default_value_t = 0.0, value_parser = seconds_or_zero)]
-    warmup: f64,
+    /// Unmeasured seconds before the measurement (default 0; fairness and peer-cap 1).
+    #[arg(long, value_parser = seconds_or_zero)]
+    warmup: Option<f64>,
+    /// Fairness and peer-cap: milliseconds between probes.
+    #[arg(long, default_value_t = 5.0, value_parser = probe_interval)]
+    probe_interval_ms: f64,
+    /// Peer-cap: source address of the connections held open.
+    #[arg(long, default_value = "127.0.0.1")]
+    hog_source: IpAddr,
+    /// Peer-cap: the held connections send HELLO (default: never a byte).
+    #[arg(long)]
+    hog_hello: bool,
+    /// Peer-cap: source address of the probes (another peer to the server).
+    #[arg(long, default_value = "127.0.0.2")]
+    probe_source: IpAddr,
     /// Milliseconds to wait for a connection, for any one reply, and for the final drain.
     #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: u64,
@@ -105,6 +135,17 @@ fn seconds(text: &str) -> Result<f64, String> {
     }
 }
 
+fn probe_interval(text: &str) -> Result<f64, String> {
+    let v: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of milliseconds"))?;
+    if v.is_finite() && (0.1..=60_000.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{text} is outside 0.1..=60000 ms"))
+    }
+}
+
 fn seconds_or_zero(text: &str) -> Result<f64, String> {
     let v: f64 = text
         .parse()
@@ -118,22 +159,27 @@ fn seconds_or_zero(text: &str) -> Result<f64, String> {
 
 impl Cli {
     fn settings(&self, addr: String, tls: Option<TlsOptions>) -> Settings {
+        let mode = self.mode;
         Settings {
-            mode: self.mode,
+            mode,
             addr,
-            connections: self.connections as usize,
-            depth: self.depth as usize,
+            connections: self.connections.unwrap_or(mode.default_connections()) as usize,
+            depth: self.depth.unwrap_or(mode.default_depth()) as usize,
             batch: self.batch,
             tasks: self.tasks as usize,
             threads: self.threads as usize,
             duration: Duration::from_secs_f64(self.duration),
-            warmup: Duration::from_secs_f64(self.warmup),
+            warmup: Duration::from_secs_f64(self.warmup.unwrap_or(mode.default_warmup())),
             timeout: Duration::from_millis(self.timeout_ms),
             verify: !self.no_verify,
             sample_every: self.sample_every,
             token: self.token.clone(),
             tls,
             quiet: self.quiet,
+            probe_interval: Duration::from_secs_f64(self.probe_interval_ms / 1000.0),
+            hog_source: self.hog_source,
+            hog_hello: self.hog_hello,
+            probe_source: self.probe_source,
         }
     }
 }
@@ -159,7 +205,11 @@ fn main() -> ExitCode {
         };
     }
     let cli = Cli::parse();
-    match run(&cli) {
+    let result = match &cli.tool {
+        Some(tool) => tool.run(),
+        None => run(&cli),
+    };
+    match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(message) => {
@@ -195,6 +245,7 @@ fn run(cli: &Cli) -> Result<bool, String> {
             }
         }
         args.extend(cli.server_arg.iter().cloned());
+        args.extend(cli.server_args.iter().cloned());
         let spawned = spawn::spawn(
             &bin,
             &args,
@@ -205,21 +256,23 @@ fn run(cli: &Cli) -> Result<bool, String> {
             "spawned {} (pid {}) on {}, admin {}",
             bin.display(),
             spawned.pid(),
-            spawned.lease_addr,
-            spawned.admin_addr
+            spawned.lease_addr(),
+            spawned.admin_addr()
         );
-        let addr = spawned.lease_addr.to_string();
+        let addr = spawned.lease_addr().to_string();
         server = Some(spawned);
         addr
     } else {
         cli.addr.clone()
     };
     let settings = cli.settings(addr, tls_options);
+    // Every connection is a descriptor: the probe modes hold over a thousand.
+    let _ = rlimit::increase_nofile_limit(settings.connections as u64 + 1024);
     let runtime = build_runtime(settings.threads)?;
     let result = runtime.block_on(snowlease_bench::run(&settings));
     runtime.shutdown_timeout(Duration::from_secs(1));
     if let Some(mut server) = server {
-        eprintln!("server {}", server.stop());
+        eprintln!("server {}", server.stop(spawn::STOP_GRACE));
     }
     let report = result?;
     print!("{}", report.table());

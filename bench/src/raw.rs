@@ -68,8 +68,8 @@ pub struct ConnOutcome {
 
 /// A connected socket after HELLO/WELCOME.
 pub struct Opened {
-    stream: Stream,
-    buf: BytesMut,
+    pub(crate) stream: Stream,
+    pub(crate) buf: BytesMut,
     /// What the server said about itself.
     pub welcome: Welcome,
 }
@@ -88,6 +88,17 @@ pub async fn open(
         Ok(Err(e)) => return Err(format!("cannot connect to {addr}: {e}")),
         Err(_) => return Err(format!("connecting to {addr} timed out after {timeout:?}")),
     };
+    greet(tcp, addr, token, deadline, tls).await
+}
+
+/// On a connected socket: TLS handshake (with `tls`), HELLO, WELCOME, by `deadline`.
+pub async fn greet(
+    tcp: TcpStream,
+    addr: &str,
+    token: Option<&str>,
+    deadline: Instant,
+    tls: Option<&TlsTarget>,
+) -> Result<Opened, String> {
     tcp.set_nodelay(true)
         .map_err(|e| format!("cannot set TCP_NODELAY: {e}"))?;
     let mut stream: Stream = match tls {
@@ -117,7 +128,7 @@ pub async fn open(
             Ok(Ok(0)) => return Err(format!("{addr} closed the connection after HELLO")),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(format!("reading WELCOME from {addr}: {e}")),
-            Err(_) => return Err(format!("{addr} sent no WELCOME within {timeout:?}")),
+            Err(_) => return Err(format!("{addr} sent no WELCOME in time")),
         }
     };
     Ok(Opened {
@@ -128,7 +139,11 @@ pub async fn open(
 }
 
 /// Writes and flushes (TLS holds records until a flush; TCP's flush is free).
-async fn write(stream: &mut Stream, bytes: &[u8], deadline: Instant) -> Result<(), String> {
+pub(crate) async fn write(
+    stream: &mut Stream,
+    bytes: &[u8],
+    deadline: Instant,
+) -> Result<(), String> {
     let write = async {
         stream.write_all(bytes).await?;
         stream.flush().await

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use snowlease::Layout;
 
+use crate::probe::ProbeReport;
 use crate::stats::{self, duration_text, thousands, Counters, Latency, Sample};
 use crate::verify::Verdict;
 use crate::{Mode, Settings};
@@ -18,7 +19,7 @@ use crate::{Mode, Settings};
 /// The settings as reported.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReportSettings {
-    /// raw, client, client-lease or reconnect.
+    /// raw, client, client-lease, reconnect, fairness or peer-cap.
     pub mode: &'static str,
     /// Server address.
     pub addr: String,
@@ -73,6 +74,8 @@ pub struct Report {
     pub verify: Option<Verdict>,
     /// IDs/s per second of the measured window.
     pub series: Vec<Sample>,
+    /// The probe modes (fairness, peer-cap): what the light client saw.
+    pub probe: Option<ProbeReport>,
 }
 
 impl Report {
@@ -127,12 +130,18 @@ impl Report {
             error_kinds,
             verify,
             series,
+            probe: None,
         }
     }
 
-    /// Whether the run proved anything: IDs arrived and none overlapped.
+    /// Whether the run proved anything: IDs arrived and none overlapped. A peer-cap run
+    /// needs only probes sent: a probe refused every time is its finding, not a failed run.
     pub fn ok(&self) -> bool {
-        self.ids > 0 && self.verify.as_ref().is_none_or(Verdict::ok)
+        let measured = match (self.settings.mode, &self.probe) {
+            ("peer-cap", Some(p)) => p.sent > 0,
+            _ => self.ids > 0,
+        };
+        measured && self.verify.as_ref().is_none_or(Verdict::ok)
     }
 
     /// The end-of-run table.
@@ -148,13 +157,19 @@ impl Report {
                 "{} tasks, each: connect, HELLO, lease({}), close",
                 s.connections, s.batch
             ),
+            "fairness" => format!(
+                "{} connections x depth {}, batch {}, plus one idle connection probing",
+                s.connections, s.depth, s.batch
+            ),
+            "peer-cap" => format!("{} connections held by one peer", s.connections),
             _ => format!(
                 "{} tasks, next_id() (latency: 1 call in {} timed)",
                 s.tasks, s.latency_sampled_every
             ),
         };
         let per_call = match s.mode {
-            "raw" => "leases/s",
+            "raw" | "fairness" => "leases/s",
+            "peer-cap" => "probes/s",
             "reconnect" => "conns/s",
             _ => "calls/s",
         };
@@ -207,6 +222,9 @@ impl Report {
                 thousands(l.count)
             ),
         ));
+        if let Some(p) = &self.probe {
+            rows.extend(probe_rows(p));
+        }
         let kinds: Vec<String> = self
             .error_kinds
             .iter()
@@ -235,6 +253,44 @@ impl Report {
     }
 }
 
+/// The table rows of a probe.
+fn probe_rows(p: &ProbeReport) -> Vec<(String, String)> {
+    let l = &p.latency;
+    let mut rows = vec![
+        (
+            "probe".into(),
+            format!("{}, every {:.1} ms", p.what, p.interval_ms),
+        ),
+        (
+            "probe result".into(),
+            format!(
+                "{} sent: {} served, {} OVERLOADED, {} failed",
+                p.sent, p.served, p.overloaded, p.failed
+            ),
+        ),
+        (
+            "probe latency".into(),
+            format!(
+                "p50 {}  p99 {}  max {}  ({} served)",
+                duration_text(l.p50_us),
+                duration_text(l.p99_us),
+                duration_text(l.max_us),
+                thousands(l.count)
+            ),
+        ),
+    ];
+    if let Some(h) = &p.hog {
+        rows.push((
+            "held".into(),
+            format!(
+                "{} of {} connections from {} open ({} failed to connect); {} turned away, {} closed by the server",
+                h.opened, h.asked, h.source, h.connect_failed, h.turned_away, h.closed_by_server
+            ),
+        ));
+    }
+    rows
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -261,6 +317,10 @@ mod tests {
             token: None,
             tls: None,
             quiet: true,
+            probe_interval: Duration::from_millis(5),
+            hog_source: [127, 0, 0, 1].into(),
+            hog_hello: false,
+            probe_source: [127, 0, 0, 2].into(),
         }
     }
 

@@ -154,3 +154,233 @@ fn raw_and_reconnect_runs_over_tls_report_ids_and_verify_them() {
     }
     server.shutdown();
 }
+
+#[test]
+fn a_fairness_run_times_the_idle_probe_beside_whole_tick_leases() {
+    let report = json_report(
+        "fairness",
+        &[
+            "--connections",
+            "20",
+            "--warmup",
+            "0.2",
+            "--probe-interval-ms",
+            "2",
+        ],
+    );
+    let probe = &report["probe"];
+    assert!(probe["served"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(probe["served"], probe["sent"], "{report}");
+    assert!(probe["latency"]["p99_us"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["settings"]["depth"], 1);
+    assert_eq!(report["verify"]["overlaps"], 0);
+}
+
+#[test]
+fn a_peer_cap_run_reports_the_other_peer_turned_away_at_a_full_server() {
+    let mut config = ServerConfig::for_tests(4);
+    config.max_connections = 20;
+    let server = start(config).unwrap();
+    let addr = server.lease_addr().to_string();
+    let dir = std::env::temp_dir().join(format!("snowlease-bench-{}-peer", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("report.json");
+    let (code, stdout, stderr) = run_bench(&[
+        "--addr",
+        &addr,
+        "--mode",
+        "peer-cap",
+        "--connections",
+        "30",
+        "--duration",
+        "0.5",
+        "--warmup",
+        "0.3",
+        "--quiet",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    // Every probe refused is this mode's finding, not a failed run.
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let probe = &report["probe"];
+    assert!(probe["sent"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(probe["overloaded"], probe["sent"], "{report}");
+    assert_eq!(probe["hog"]["opened"], 30);
+    assert_eq!(probe["hog"]["source"], "127.0.0.1");
+    // The probing peer's first connection holds one of the 20 slots for the run.
+    assert_eq!(probe["hog"]["turned_away"], 11, "{report}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    server.shutdown();
+}
+
+#[test]
+fn verify_ranges_reports_totals_and_fails_on_an_overlap_or_a_foreign_worker() {
+    let dir = std::env::temp_dir().join(format!("snowlease-bench-{}-ranges", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let layout = snowlease::Layout::DEFAULT;
+    let good = dir.join("good.txt");
+    std::fs::write(
+        &good,
+        format!(
+            "{} 4096\n{} 16\n",
+            layout.compose(10, 0, 0),
+            layout.compose(10, 1, 0)
+        ),
+    )
+    .unwrap();
+    let (code, stdout, _) =
+        run_bench(&["verify-ranges", "--workers", "0 1", good.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["per_worker"], serde_json::json!({"0": 4096, "1": 16}));
+    assert_eq!(v["ok"], true);
+    let (code, stdout, _) = run_bench(&[
+        "verify-ranges",
+        "--format",
+        "workers",
+        good.to_str().unwrap(),
+    ]);
+    assert_eq!((code, stdout.trim()), (0, "0:4096 1:16"));
+    let (code, stdout, _) = run_bench(&[
+        "verify-ranges",
+        "--workers",
+        "0",
+        "--format",
+        "text",
+        good.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    assert!(stdout.contains("1 from unexpected workers"), "{stdout}");
+    let overlap = dir.join("overlap.txt");
+    std::fs::write(&overlap, format!("{} 1\n", layout.compose(10, 0, 5))).unwrap();
+    let (code, stdout, _) = run_bench(&[
+        "verify-ranges",
+        good.to_str().unwrap(),
+        overlap.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("\"overlaps\":1"), "{stdout}");
+    let bad = dir.join("bad.txt");
+    std::fs::write(&bad, "12 x\n").unwrap();
+    let (code, _, stderr) = run_bench(&["verify-ranges", bad.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("line 1"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The server binary next to this bench binary, as `--spawn`, `serve` and `startup` find it:
+/// present in a workspace test run (`cargo test --workspace` builds every binary first).
+fn server_next_to_bench() -> Option<std::path::PathBuf> {
+    let found = snowlease_bench::spawn::locate(None).ok().or_else(|| {
+        let bench = std::path::Path::new(env!("CARGO_BIN_EXE_snowlease-bench"));
+        let server = bench.with_file_name("snowlease-server");
+        server.is_file().then_some(server)
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs the workspace's tests, which build snowlease-server next to the bench"
+        );
+        eprintln!("SKIPPED: no snowlease-server next to the bench: run cargo test --workspace");
+    }
+    found
+}
+
+#[test]
+fn startup_and_idle_conns_measure_a_real_server_and_report_json() {
+    let Some(bin) = server_next_to_bench() else {
+        return;
+    };
+    let bin = bin.to_str().unwrap();
+    let (code, stdout, stderr) = run_bench(&["startup", "--server-bin", bin, "--runs", "2"]);
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["ms"].as_array().unwrap().len(), 2);
+    assert!(v["median_ms"].as_f64().unwrap() > 0.0);
+
+    let server = snowlease_testkit::ServerCommand::new(bin)
+        .args(["--worker-id", "3"])
+        .spawn()
+        .unwrap();
+    let (lease, admin, pid) = (
+        server.lease_addr().to_string(),
+        server.admin_addr().to_string(),
+        server.pid().to_string(),
+    );
+    let (code, stdout, stderr) = run_bench(&[
+        "idle-conns",
+        "--addr",
+        &lease,
+        "--admin",
+        &admin,
+        "--pid",
+        &pid,
+        "--connections",
+        "300",
+        "--per-source",
+        "100",
+        "--settle-ms",
+        "10",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["welcomed"], 300, "{v}");
+    assert_eq!(v["sources"], 3);
+    assert!(v["open_metric"].as_f64().unwrap() >= 300.0, "{v}");
+    assert!(v["rss_conns_kib"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn serve_prints_the_addresses_then_stops_the_server_on_sigterm() {
+    let Some(bin) = server_next_to_bench() else {
+        return;
+    };
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_snowlease-bench"))
+        .args([
+            "serve",
+            "--server-bin",
+            bin.to_str().unwrap(),
+            "--",
+            "--worker-id",
+            "6",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+    let server_pid = v["pid"].as_u64().unwrap() as u32;
+    assert!(snowlease_testkit::procfs::alive(server_pid));
+    let admin: std::net::SocketAddr = v["admin_addr"].as_str().unwrap().parse().unwrap();
+    let ready = snowlease_testkit::http::get(admin, "/readyz", &[], RUN_LIMIT).unwrap();
+    assert_eq!(ready.status, 200);
+    let state = std::path::PathBuf::from(v["state_dir"].as_str().unwrap());
+    assert!(state.is_dir());
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < RUN_LIMIT,
+            "serve still running after SIGTERM"
+        );
+        thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    assert!(!snowlease_testkit::procfs::alive(server_pid));
+    assert!(!state.exists(), "the fresh state directory is removed");
+}

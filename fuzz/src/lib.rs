@@ -1,4 +1,11 @@
-//! Helpers the fuzz targets share.
+//! The fuzz targets of snowlease, one body each, and the helpers they share.
+//!
+//! Each target is a plain function over the fuzzer's bytes ([`decode::request`],
+//! [`decode::response`], [`roundtrip::run`], [`connection::run`]) that panics on a finding.
+//! The files in `fuzz_targets/` only hand those bytes over, through [`fuzz_entry!`]: to
+//! AFL++ (`cargo afl build --no-default-features --features afl`, stable Rust, what
+//! `run.sh` and CI use) or to libFuzzer (`cargo +nightly fuzz`, the default features), so
+//! both engines fuzz the same code and share one corpus format.
 //!
 //! An input becomes a byte stream plus the points where it is cut into reads ([`split`]), so
 //! one corpus entry exercises both the frames and every way TCP may deliver them. [`feed`]
@@ -7,8 +14,36 @@
 //! the buffer by more than one maximal frame (a length prefix of 4 GiB must cost nothing),
 //! and refuse a bad prefix before reserving anything.
 
+#[cfg(all(feature = "afl", feature = "libfuzzer"))]
+compile_error!("pick one fuzzing engine: AFL++ builds with `--no-default-features --features afl`");
+
+pub mod connection;
+pub mod decode;
+pub mod roundtrip;
+
+/// The `main` of a fuzz target binary: hands each input to `$body` (a `fn(&[u8])`) under the
+/// engine the build selected. Under AFL++ a binary run outside `afl-fuzz` reads one input
+/// from stdin, so `target/debug/connection < crash-file` replays a finding.
+#[macro_export]
+macro_rules! fuzz_entry {
+    ($body:path) => {
+        #[cfg(feature = "libfuzzer")]
+        ::libfuzzer_sys::fuzz_target!(|data: &[u8]| $body(data));
+
+        #[cfg(feature = "afl")]
+        fn main() {
+            ::afl::fuzz!(|data: &[u8]| $body(data));
+        }
+
+        #[cfg(not(any(feature = "afl", feature = "libfuzzer")))]
+        fn main() {
+            compile_error!("enable the feature of one fuzzing engine: afl or libfuzzer");
+        }
+    };
+}
+
 use bytes::BytesMut;
-use snowlease::wire::{WireError, LEN_PREFIX, MAX_FRAME_LEN};
+use snowlease_proto::wire::{WireError, LEN_PREFIX, MAX_FRAME_LEN};
 
 /// The largest frame on the wire: prefix plus the longest opcode and body.
 pub const MAX_WIRE_FRAME: usize = LEN_PREFIX + MAX_FRAME_LEN as usize;
@@ -28,20 +63,37 @@ pub struct Split<'a> {
     pub stream: &'a [u8],
 }
 
-/// Reads an input as `mode`, `cut_count` (low 3 bits), `cut_count` big-endian u16 offsets,
-/// then the stream. Short inputs simply get fewer cuts; every input is valid.
-pub fn split(data: &[u8]) -> Split<'_> {
+/// Reads an input's header: `mode`, `cut_count` (low 3 bits), `cut_count` big-endian u16
+/// values. Returns the mode, the raw cut values and the rest of the input. Short inputs
+/// simply get fewer cuts; every input is valid.
+pub fn header(data: &[u8]) -> (u8, Vec<u16>, &[u8]) {
     let mode = data.first().copied().unwrap_or(0);
     let wanted = data.get(1).map_or(0, |b| usize::from(b & 7)).min(MAX_CUTS);
     let rest = data.get(2..).unwrap_or(&[]);
     let cuts_bytes = (wanted * 2).min(rest.len() & !1);
-    let (header, stream) = rest.split_at(cuts_bytes);
-    let mut cuts: Vec<usize> = header
+    let (cuts, rest) = rest.split_at(cuts_bytes);
+    let cuts = cuts
         .chunks_exact(2)
-        .map(|c| usize::from(u16::from_be_bytes([c[0], c[1]])) % (stream.len() + 1))
+        .map(|c| u16::from_be_bytes([c[0], c[1]]))
         .collect();
+    (mode, cuts, rest)
+}
+
+/// Raw cut values as sorted offsets inside a stream of `len` bytes.
+pub fn cut_offsets(raw: &[u16], len: usize) -> Vec<usize> {
+    let mut cuts: Vec<usize> = raw.iter().map(|&c| usize::from(c) % (len + 1)).collect();
     cuts.sort_unstable();
-    Split { mode, cuts, stream }
+    cuts
+}
+
+/// Reads an input as [`header`], then the stream.
+pub fn split(data: &[u8]) -> Split<'_> {
+    let (mode, raw, stream) = header(data);
+    Split {
+        mode,
+        cuts: cut_offsets(&raw, stream.len()),
+        stream,
+    }
 }
 
 /// The stream cut at `cuts` (sorted offsets), as the reads a peer would see.
@@ -159,6 +211,32 @@ pub fn feed<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_committed_input_passes_its_target() {
+        let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        type Body = fn(&[u8]);
+        let targets: [(&str, Body); 4] = [
+            ("decode_request", decode::request),
+            ("decode_response", decode::response),
+            ("roundtrip", roundtrip::run),
+            ("connection", connection::run),
+        ];
+        for (name, body) in targets {
+            let mut n = 0;
+            for dir in ["seeds", "found"] {
+                let Ok(entries) = std::fs::read_dir(here.join(dir).join(name)) else {
+                    continue;
+                };
+                for entry in entries {
+                    let path = entry.expect("a directory entry").path();
+                    body(&std::fs::read(&path).expect("a readable input"));
+                    n += 1;
+                }
+            }
+            assert!(n > 0, "{name} has seeds");
+        }
+    }
 
     #[test]
     fn a_short_input_is_all_stream_and_cuts_stay_inside_it() {

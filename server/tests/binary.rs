@@ -1,224 +1,21 @@
 //! Tests of the real `snowlease-server` binary: start-up refusals, the default worker,
 //! SIGTERM under load, and restart safety with the clock set back (Debian's `faketime`).
 //!
-//! Each test starts the binary on OS-assigned loopback ports, learns them from the JSON start
-//! line on stderr, and talks to it with a small blocking protocol client.
+//! Each test starts the binary through `snowlease-testkit` (OS-assigned loopback ports read
+//! back from the JSON start line, a fresh state directory unless the test gives one), and
+//! talks to it with a small blocking protocol client.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+mod support;
+
+use std::io::Write;
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use snowlease::wire::{self, Request, Response};
 use snowlease::Layout;
-
-const BIN: &str = env!("CARGO_BIN_EXE_snowlease-server");
-const TIMEOUT: Duration = Duration::from_secs(15);
-const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
-
-struct Server {
-    child: Child,
-    lease: SocketAddr,
-    admin: SocketAddr,
-    /// Log lines up to and including the start line.
-    early: Vec<String>,
-}
-
-fn field(line: &str, name: &str) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_str(line).ok()?;
-    v.get(name)?.as_str().map(str::to_owned)
-}
-
-impl Server {
-    fn start(prefix: &[&str], args: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut cmd = if prefix.is_empty() {
-            Command::new(BIN)
-        } else {
-            let mut c = Command::new(prefix[0]);
-            c.args(&prefix[1..]).arg(BIN);
-            c
-        };
-        cmd.args([
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--threads",
-            "2",
-        ])
-        .args(args)
-        .env_remove("WORKER_ID")
-        .env_remove("POD_NAME")
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-        let child = cmd.spawn().expect("spawn server");
-        // Owned by a Server at once, so a failed start below is still killed and reaped.
-        let unbound = SocketAddr::from(([127, 0, 0, 1], 0));
-        let mut server = Server {
-            child,
-            lease: unbound,
-            admin: unbound,
-            early: Vec::new(),
-        };
-        let stderr = server.child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            // Keep reading after the receiver is gone so the server never writes to a
-            // closed pipe.
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no start line within {TIMEOUT:?}: {:?}", server.early));
-            server.early.push(line.clone());
-            if let (Some(l), Some(a)) = (field(&line, "lease_addr"), field(&line, "admin_addr")) {
-                server.lease = l.parse().expect("lease addr");
-                server.admin = a.parse().expect("admin addr");
-                return server;
-            }
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(ok.success());
-    }
-
-    /// Waits for the process to exit (bounded); panics with the status otherwise.
-    fn wait(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "server did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn metrics(&self) -> String {
-        let mut s = TcpStream::connect(self.admin).expect("admin");
-        s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .expect("write");
-        let mut out = String::new();
-        s.read_to_string(&mut out).expect("read");
-        out
-    }
-
-    fn metric(&self, name: &str) -> f64 {
-        let text = self.metrics();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
-            .unwrap_or_else(|| panic!("{name} missing"))
-            .trim()
-            .parse()
-            .expect("number")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A blocking protocol client.
-struct Client {
-    s: TcpStream,
-    buf: BytesMut,
-}
-
-impl Client {
-    fn connect(addr: SocketAddr) -> Client {
-        let s = TcpStream::connect(addr).expect("connect");
-        s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
-        Client {
-            s,
-            buf: BytesMut::new(),
-        }
-    }
-
-    fn response(&mut self) -> Option<Response> {
-        loop {
-            if let Some(r) = wire::decode_response(&mut self.buf).expect("well-formed") {
-                return Some(r);
-            }
-            let mut chunk = [0u8; 4096];
-            let n = self.s.read(&mut chunk).expect("read within timeout");
-            if n == 0 {
-                return None;
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    /// Leases `n` blocks of 4096; returns every (first, count).
-    fn lease_many(&mut self, n: u32) -> Vec<(u64, u32)> {
-        let mut out = Vec::new();
-        for i in 0..n {
-            self.s
-                .write_all(
-                    &Request::Lease {
-                        request_id: i,
-                        count: 4096,
-                    }
-                    .to_bytes(),
-                )
-                .expect("write");
-            match self.response() {
-                Some(Response::Leased {
-                    request_id,
-                    first_id,
-                    count,
-                }) if request_id == i => out.push((first_id, count)),
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-        out
-    }
-}
-
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("snowlease-bin-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
-fn refusal(env: &[(&str, &str)], args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .args(args)
-        .env_remove("WORKER_ID")
-        .env_remove("POD_NAME")
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .envs(env.iter().copied())
-        .output()
-        .expect("run");
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "expected a refusal for {env:?} {args:?}"
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+use snowlease_testkit::{procfs, temp_dir, Signal, LIBFAKETIME};
+use support::{have_faketime, max_end, refusal, Client, Server, TIMEOUT};
 
 #[test]
 fn worker_ids_the_layout_cannot_hold_refuse_to_start() {
@@ -306,7 +103,7 @@ fn sigterm_under_load_answers_in_order_then_goaway_and_exits_zero() {
                 last_end = first_id + u64::from(count);
                 next += 1;
                 if next == 2_000 && !signalled {
-                    s.signal("-TERM");
+                    s.signal(Signal::Term);
                     signalled = true;
                 }
             }
@@ -345,36 +142,12 @@ fn outside_kubernetes_with_nothing_set_it_runs_as_worker_zero_and_says_so() {
     }
 }
 
-/// Whether Debian's faketime is installed. CI (`CI` set) installs it and fails without it; on
-/// a developer machine without it the clock tests say loudly that they did not run.
-fn have_faketime() -> bool {
-    if Path::new(LIBFAKETIME).exists() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI must install Debian's faketime (apt-get install faketime)"
-    );
-    eprintln!("SKIPPED: clock tests need Debian's faketime: apt-get install faketime");
-    false
-}
-
-fn max_end(runs: &[(u64, u32)]) -> u64 {
-    runs.iter()
-        .map(|(f, c)| f + u64::from(*c))
-        .max()
-        .expect("some runs")
-}
-
 fn restart_with_clock_behind(stop: impl Fn(&mut Server)) {
     if !have_faketime() {
         return;
     }
-    let dir = tempdir(&format!(
-        "restart-{}",
-        std::thread::current().name().unwrap_or("t").len()
-    ));
-    let state = dir.to_str().expect("utf-8 path");
+    let dir = temp_dir("bin-restart");
+    let state = dir.path().to_str().expect("utf-8 path");
     let mut first = Server::start(&[], &["--state-dir", state], &[("WORKER_ID", "3")]);
     let mut c = Client::connect(first.lease);
     // Run ahead of the clock: 200 full ticks as fast as possible.
@@ -410,15 +183,15 @@ fn restart_with_clock_behind(stop: impl Fn(&mut Server)) {
 #[test]
 fn after_kill_9_and_a_restart_10_s_behind_every_id_is_above_the_old_ones() {
     restart_with_clock_behind(|s| {
-        s.child.kill().expect("kill -9");
-        let _ = s.child.wait();
+        s.signal(Signal::Kill);
+        let _ = s.wait();
     });
 }
 
 #[test]
 fn after_sigterm_and_a_restart_10_s_behind_every_id_is_above_the_old_ones() {
     restart_with_clock_behind(|s| {
-        s.signal("-TERM");
+        s.signal(Signal::Term);
         assert!(s.wait().success());
     });
 }
@@ -428,9 +201,8 @@ fn a_clock_stepped_back_5_s_while_running_repeats_nothing_and_reports_the_lead()
     if !have_faketime() {
         return;
     }
-    let dir = tempdir("step");
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    let file = dir.join("faketime");
+    let dir = temp_dir("bin-step");
+    let file = dir.path().join("faketime");
     std::fs::write(&file, "+0s").expect("write");
     let s = Server::start(
         &[],
@@ -461,15 +233,7 @@ fn a_clock_stepped_back_5_s_while_running_repeats_nothing_and_reports_the_lead()
 
 /// The soft `RLIMIT_NOFILE` of process `pid`, from `/proc/<pid>/limits`.
 fn soft_nofile(pid: u32) -> u64 {
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
-    let line = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .expect("a Max open files line");
-    line.split_whitespace()
-        .nth(3)
-        .and_then(|v| v.parse().ok())
-        .expect("a soft limit")
+    procfs::nofile_limits(Some(pid)).expect("a soft limit").0
 }
 
 #[test]
@@ -489,7 +253,7 @@ fn it_raises_the_open_file_limit_to_the_cap_and_warns_when_the_hard_limit_is_low
         &["--max-connections", "1000"],
         &[],
     );
-    assert_eq!(soft_nofile(s.child.id()), want);
+    assert_eq!(soft_nofile(s.process.pid()), want);
     assert!(!s.early.iter().any(|l| l.contains("open-file limit")));
     drop(s);
     // A hard limit below that: raised as far as it goes, and the log says why that is not
@@ -499,7 +263,7 @@ fn it_raises_the_open_file_limit_to_the_cap_and_warns_when_the_hard_limit_is_low
         &["--max-connections", "1000"],
         &[],
     );
-    assert_eq!(soft_nofile(s.child.id()), 2048);
+    assert_eq!(soft_nofile(s.process.pid()), 2048);
     assert!(
         s.early
             .iter()
@@ -511,11 +275,5 @@ fn it_raises_the_open_file_limit_to_the_cap_and_warns_when_the_hard_limit_is_low
 
 /// This process's hard `RLIMIT_NOFILE`.
 fn hard_nofile() -> u64 {
-    let limits = std::fs::read_to_string("/proc/self/limits").expect("limits");
-    limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(4))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(u64::MAX)
+    procfs::nofile_limits(None).map_or(u64::MAX, |(_, hard)| hard)
 }

@@ -7,7 +7,6 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +23,7 @@ use snowlease::{Client, ClientConfig, Error};
 use snowlease_server::config::TlsPaths;
 use snowlease_server::metrics::{render, Gauges};
 use snowlease_server::{start, RunningServer, ServerConfig, StartError};
+use snowlease_testkit::ServerCommand;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -530,19 +530,11 @@ fn the_binary_refuses_half_a_tls_configuration_and_a_missing_file_with_exit_code
     let good = dir.leaf(&ca);
     let missing = dir.0.join("nope.pem");
     let run = |args: &[&std::ffi::OsStr]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_snowlease-server"))
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        let out = ServerCommand::new(env!("CARGO_BIN_EXE_snowlease-server"))
             .args(args)
-            .env_remove("SNOWLEASE_TLS_CERT")
-            .env_remove("SNOWLEASE_TLS_KEY")
-            .env_remove("SNOWLEASE_TLS_CLIENT_CA")
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .output()
+            .run_to_exit(Duration::from_secs(15))
             .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        (out.status.code(), out.stderr())
     };
     let (code, err) = run(&["--tls-cert".as_ref(), good.cert.as_os_str()]);
     assert_eq!(code, Some(2), "{err}");
