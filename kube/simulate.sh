@@ -22,7 +22,8 @@
 #              (snowlease-bench sim-load) against the headless name, verified disjoint by runs.
 #
 # Usage: kube/simulate.sh [--quick] [--faults] [--partition] [--scale] [--rows LIST]
-#                         [--duration S] [--json FILE] [--md FILE] [--require-goals]
+#                         [--duration S] [--json FILE] [--md FILE] [--artifacts DIR]
+#                         [--require-goals]
 #                         [--server-bin P] [--snowcat P] [--bench P]
 #   (no scenario flag)  every scenario, every row
 #   --quick        CI: faults, a short partition, rows 4, 32 and 32svc for 4 s each
@@ -32,6 +33,7 @@
 #   --duration S   measured seconds of each scale row (default 10, --quick 4)
 #   --json FILE    the scale rows as a JSON array, one object per row
 #   --md FILE      the tables (markdown) written here too (they always go to stdout)
+#   --artifacts DIR  keep the loads' JSON reports, the snapshots and the event logs there
 #   --require-goals  exit 1 when a row misses its throughput goal (default: report it; only
 #                  correctness fails the run, since throughput on a shared machine is no test)
 #   Binaries default to a release build of the workspace (CARGO_TARGET_DIR respected); the server
@@ -49,6 +51,7 @@ ROWS=
 DURATION=
 JSON_OUT=
 MD_OUT=
+ARTIFACTS=
 REQUIRE_GOALS=0
 SERVER=
 SNOWCAT=
@@ -63,11 +66,12 @@ while [[ $# -gt 0 ]]; do
         --duration) DURATION=$2; shift 2 ;;
         --json) JSON_OUT=$(realpath -m "$2"); shift 2 ;;
         --md) MD_OUT=$(realpath -m "$2"); shift 2 ;;
+        --artifacts) ARTIFACTS=$(realpath -m "$2"); shift 2 ;;
         --require-goals) REQUIRE_GOALS=1; shift ;;
         --server-bin) SERVER=$2; shift 2 ;;
         --snowcat) SNOWCAT=$2; shift 2 ;;
         --bench) BENCH=$2; shift 2 ;;
-        -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,42p' "$0"; exit 0 ;;
         *) echo "simulate.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -168,6 +172,11 @@ cleanup() {
         echo "netns del $ns"
     done | ip -force -batch - 2>/dev/null
     rm -rf "$ETC_CLIENT" "$STATE"
+    if [[ -n $ARTIFACTS && -d $WORK ]]; then
+        mkdir -p "$ARTIFACTS"
+        cp "$WORK"/*.json "$WORK"/*.jsonl "$WORK"/partition-events "$WORK/logs/controller.log" \
+            "$ARTIFACTS"/ 2>/dev/null
+    fi
     if [[ $rc -ne 0 && -d $WORK/logs ]]; then
         echo "simulate.sh failed; last log lines:" >&2
         tail -n 5 "$WORK"/logs/controller.log "$WORK"/logs/load-*.log >&2 2>/dev/null
@@ -194,7 +203,8 @@ install_tools() {
         timeout 300 apt-get update -qq
         DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
-    python3 -m py_compile "$KUBE_DIR/sim_controller.py" "$KUBE_DIR/sim_report.py"
+    PYTHONPYCACHEPREFIX="$WORK/pycache" python3 -m py_compile "$KUBE_DIR/sim_controller.py" \
+        "$KUBE_DIR/sim_report.py"
 }
 
 build_binaries() {

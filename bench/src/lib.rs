@@ -26,7 +26,6 @@ pub mod client_mode;
 pub mod probe;
 pub mod raw;
 pub mod report;
-pub mod sim_load;
 pub mod spawn;
 pub mod stats;
 pub mod svg;

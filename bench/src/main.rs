@@ -2,7 +2,7 @@
 //! [`snowlease_bench::run`] on a runtime of `--threads` threads, prints the table, writes the
 //! JSON and SVG files, and exits 0 (IDs received, none overlapping), 1 (no IDs or an overlap)
 //! or 2 (could not start). With a subcommand (`serve`, `startup`, `idle-conns`,
-//! `verify-ranges`: [`snowlease_bench::tools`]) it runs that instead, with the same exit
+//! `verify-ranges`, `sim-load`: [`snowlease_bench::tools`]) it runs that instead, with the same exit
 //! codes.
 
 use std::net::IpAddr;
@@ -184,26 +184,7 @@ impl Cli {
     }
 }
 
-/// `snowlease-bench sim-load ...` (temporary hook until the subcommands land).
-#[derive(Debug, Parser)]
-#[command(name = "snowlease-bench sim-load")]
-struct SimLoadCli {
-    #[command(flatten)]
-    args: snowlease_bench::sim_load::Args,
-}
-
 fn main() -> ExitCode {
-    if std::env::args().nth(1).as_deref() == Some("sim-load") {
-        let cli = SimLoadCli::parse_from(std::env::args().skip(1));
-        return match snowlease_bench::sim_load::run(&cli.args) {
-            Ok(true) => ExitCode::SUCCESS,
-            Ok(false) => ExitCode::from(1),
-            Err(message) => {
-                eprintln!("snowlease-bench sim-load: {message}");
-                ExitCode::from(2)
-            }
-        };
-    }
     let cli = Cli::parse();
     let result = match &cli.tool {
         Some(tool) => tool.run(),

@@ -9,10 +9,12 @@
 //! - [`startup`]: time process start to the first `/readyz` 200.
 //! - [`idle`]: hold N welcomed idle connections and report the server's memory.
 //! - [`ranges`]: check recorded `first count` ranges for overlaps, workers and tick bounds.
+//! - [`sim_load`]: the simulated cluster's load through the client crate, checked by runs.
 
 pub mod idle;
 pub mod ranges;
 pub mod serve;
+pub mod sim_load;
 pub mod startup;
 
 /// The subcommands.
@@ -30,6 +32,10 @@ pub enum Tool {
     /// Check "first count" lines (snowcat --ranges) for overlapping IDs, unexpected workers
     /// and blocks crossing a tick; report totals per worker.
     VerifyRanges(ranges::Args),
+    /// Take IDs through the client crate from every pod of a (simulated) cluster: warm up
+    /// until every expected worker answered, measure IDs/s per time bucket and per worker,
+    /// check every ID for uniqueness by runs, and write a JSON report.
+    SimLoad(sim_load::Args),
 }
 
 impl Tool {
@@ -41,6 +47,7 @@ impl Tool {
             Tool::Startup(a) => startup::run(a),
             Tool::IdleConns(a) => idle::run(a),
             Tool::VerifyRanges(a) => ranges::run(a),
+            Tool::SimLoad(a) => sim_load::run(a),
         }
     }
 }

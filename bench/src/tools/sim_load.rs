@@ -278,7 +278,11 @@ impl Fold {
                 }
             }
         }
-        v.ok = v.ids > 0 && v.overlaps == 0 && v.empty == 0 && v.crossing_tick == 0 && v.unexpected_worker == 0;
+        v.ok = v.ids > 0
+            && v.overlaps == 0
+            && v.empty == 0
+            && v.crossing_tick == 0
+            && v.unexpected_worker == 0;
         v
     }
 }
@@ -502,10 +506,8 @@ async fn drive(args: &Args) -> Result<Report, String> {
         .timeout(timeout)
         .connect_timeout(timeout)
         .buffer_capacity(capacity);
-    let connects = futures::future::join_all(
-        (0..args.clients).map(|_| Client::connect(config.clone())),
-    )
-    .await;
+    let connects =
+        futures::future::join_all((0..args.clients).map(|_| Client::connect(config.clone()))).await;
     let mut clients = Vec::with_capacity(connects.len());
     for c in connects {
         clients.push(c.map_err(|e| format!("the client could not connect to {}: {e}", args.addr))?);
@@ -558,7 +560,8 @@ async fn drive(args: &Args) -> Result<Report, String> {
     let mut fold = Fold::default();
     let mut series = vec![0u64; timeline.buckets()];
     let mut per_worker = vec![0u64; workers];
-    let mut worker_series = vec![vec![0u64; timeline.buckets()]; if args.per_worker_series { workers } else { 0 }];
+    let mut worker_series =
+        vec![vec![0u64; timeline.buckets()]; if args.per_worker_series { workers } else { 0 }];
     let (mut calls, mut errors, mut warmup_errors) = (0, 0, 0);
     let mut error_kinds = BTreeMap::new();
     for h in handles {
@@ -648,7 +651,12 @@ fn cpu_seconds() -> f64 {
         return 0.0;
     };
     let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     // After the name, field 3 (state) is index 0, so utime (14) is index 11.
     (ticks(11) + ticks(12)) as f64 / 100.0
 }
@@ -745,7 +753,10 @@ mod tests {
         assert_eq!(f.verdict(&l, 4).crossing_tick, 1);
         let mut f = Fold::default();
         f.push(&l, range(id(7, 0, 0), 0));
-        assert!(!f.verdict(&l, 4).ok, "an empty range and no IDs is no proof");
+        assert!(
+            !f.verdict(&l, 4).ok,
+            "an empty range and no IDs is no proof"
+        );
         assert!(!Fold::default().verdict(&l, 4).ok);
     }
 
