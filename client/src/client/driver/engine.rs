@@ -3,7 +3,7 @@
 //! # Data flow
 //! ```text
 //!  shell (driver.rs)                     Engine                          shell
-//!  frame / close of conn X  --on_frame/on_closed-->  endpoints, slots,   --poll_action-->  connect, send LEASE,
+//!  frame / close of conn X  --on_frame/on_closed-->  endpoints, slots,   --poll_action-->  connect, send (BULK_)LEASE,
 //!  resolution of endpoint E --on_resolved-------->   outstanding LEASEs,                   close, resolve, buffer
 //!  caller's lease / gone    --on_lease/on_caller_gone->  direct leases,                     a range, answer a caller,
 //!  buffer level + now       --maintain----------->   rate, last ends                        publish layout/errors, arm
@@ -17,8 +17,9 @@
 //!
 //! The work is split by topic: `slots` (endpoints, addresses, resolving and connecting),
 //! `recheck` (early re-resolution after a loss), `replies` (applying frames), `refill`
-//! (timeouts, silence, choosing connections, sizing refills), `latency` (per-connection
-//! reply gaps).
+//! (timeouts, silence, choosing connections, sizing refills: a LEASE, or on a version-2
+//! connection a BULK_LEASE once the plan wants more than one LEASE from it), `latency`
+//! (per-connection reply gaps).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -59,6 +60,9 @@ pub(crate) enum Action {
     Resolve { endpoint: usize, name: String },
     /// Verified IDs for the shared buffer.
     Buffer(Block),
+    /// The blocks of one verified BULK_LEASED for the shared buffer, in order, pushed under
+    /// one lock.
+    BufferAll(Vec<Block>),
     /// Hand `range` to the caller of a direct lease; if it gave up, buffer `block` instead
     /// (the IDs are still good).
     Answer {
@@ -251,6 +255,9 @@ impl Engine {
         else {
             return;
         };
+        // Unanswered requests consumed no IDs (protocol.md 5.7, 9.11): direct leases go to
+        // another server; the buffer's (LEASE or BULK_LEASE) are asked again by the next
+        // refill, which no longer counts them as on the way.
         for o in conn.outstanding.iter().rev() {
             if let Dest::Caller(caller) = o.dest {
                 self.direct.push_front(Direct {
