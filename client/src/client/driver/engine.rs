@@ -109,6 +109,9 @@ pub(crate) struct Engine {
     pub(super) last_end: HashMap<u16, u64>,
     pub(super) rate: RateEstimator,
     pub(super) drawn_seen: u64,
+    /// The draw rate (IDs/s) and the IDs on hand at the last refill pass.
+    pub(super) rate_seen: f64,
+    pub(super) available_seen: u64,
     pub(super) direct: VecDeque<Direct>,
     /// Where the search for a connection to load starts, so ties rotate.
     pub(super) cursor: usize,
@@ -137,6 +140,8 @@ impl Engine {
             last_end: HashMap::new(),
             rate: RateEstimator::new(now),
             drawn_seen: 0,
+            rate_seen: 0.0,
+            available_seen: 0,
             direct: VecDeque::new(),
             cursor: 0,
             layout: None,
@@ -235,9 +240,12 @@ impl Engine {
             .filter_map(Slot::conn)
             .filter(|c| !c.silent)
             .filter_map(|c| c.silent_at(cap));
+        // A drained connection can be asked again.
+        let holds = self.slots.iter().filter_map(|s| s.conn()?.drained_until);
         retries
             .chain(resolves)
             .chain(silences)
+            .chain(holds)
             .fold(self.next_tick, |a, b| a.min(b))
     }
 

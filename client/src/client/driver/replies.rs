@@ -17,6 +17,7 @@ use std::time::Instant;
 use tracing::{debug, info};
 
 use super::engine::{Action, Engine};
+use super::refill::bulk_hold;
 use super::slots::Dest;
 use crate::client::buffer::Block;
 use crate::client::verify::{self, Asked, Leased, Violation};
@@ -233,6 +234,10 @@ impl Engine {
         };
         conn.latency
             .observe(now.saturating_duration_since(quiet_since.max(done.sent)));
+        // Less than asked: the server had nothing more within its lead.
+        let total: u64 = runs.iter().map(|r| u64::from(r.count)).sum();
+        conn.drained_until = (total < u64::from(done.count))
+            .then(|| now + bulk_hold(self.available_seen.saturating_add(total), self.rate_seen));
         self.last_end.extend(ends);
         let blocks = runs
             .iter()

@@ -73,6 +73,11 @@ pub(super) struct Conn {
     pub(super) latency: Latency,
     /// Its silence was noticed (and acted on) and it has not answered since.
     pub(super) silent: bool,
+    /// After a BULK_LEASED that carried less than asked (every worker of the server was at
+    /// the end of its lead), refills skip this connection until then, so that the next
+    /// request finds milliseconds already open instead of waiting in the server for each
+    /// one (see `refill::bulk_hold`).
+    pub(super) drained_until: Option<Instant>,
 }
 
 impl Conn {
@@ -248,6 +253,7 @@ impl Engine {
             heard: now,
             latency: Latency::default(),
             silent: false,
+            drained_until: None,
         });
         let (addr, endpoint) = (slot.addr, slot.endpoint);
         self.act(Action::Connect {

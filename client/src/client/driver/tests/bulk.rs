@@ -461,3 +461,74 @@ fn ids_below_the_last_bulk_run_of_a_worker_are_refused_after_a_reconnect() {
         h.error_text()
     );
 }
+
+#[test]
+fn a_drained_connection_is_held_for_half_the_time_the_buffer_lasts_at_most_25_ms() {
+    use crate::client::driver::refill::{bulk_hold, MAX_BULK_HOLD};
+    // (IDs on hand, draw rate in IDs/s, hold)
+    let cases = [
+        (160_000, 16_000_000.0, Duration::from_millis(5)),
+        (16_000, 16_000_000.0, Duration::from_micros(500)),
+        (0, 16_000_000.0, Duration::ZERO),
+        (1_000_000, 1_000_000.0, MAX_BULK_HOLD),
+        (1000, 0.0, MAX_BULK_HOLD),
+        (u64::MAX, f64::MIN_POSITIVE, MAX_BULK_HOLD),
+        (1000, f64::NAN, MAX_BULK_HOLD),
+    ];
+    for (available, rate, hold) in cases {
+        assert_eq!(bulk_hold(available, rate), hold, "{available} at {rate}/s");
+    }
+}
+
+#[test]
+fn after_a_short_bulk_reply_refills_skip_the_connection_until_its_hold_ends() {
+    let mut h = v2();
+    let (request_id, count) = bulk_outstanding(&mut h);
+    // 16 ticks of worker 0, past everything the fake server issued so far.
+    let tick = h.ticks.values().max().unwrap() + 1;
+    h.ticks.insert(0, tick + 16);
+    assert!(count > 16 * 4096);
+    h.frame(1, bulk(request_id, vec![run(tick, 0, 0, 16 * 4096)]));
+    let hold = h.engine.slots[0]
+        .conn()
+        .and_then(|c| c.drained_until)
+        .expect("no hold after a short reply")
+        - h.now;
+    assert!(
+        hold > Duration::ZERO && hold <= Duration::from_millis(25),
+        "{hold:?}"
+    );
+    // Callers take everything: the plan wants more at once, yet nothing goes to A.
+    h.draw(usize::MAX);
+    h.pass();
+    assert!(h.conns[&1].written.is_empty(), "asked during the hold");
+    // A caller's direct lease is not held back.
+    h.engine.on_lease(5, 10);
+    h.pass();
+    assert_eq!(h.conns[&1].written, [(request_id + 1, 10)]);
+    assert!(
+        h.engine.next_deadline() <= h.now + hold,
+        "the hold's end is a deadline"
+    );
+    h.answer_all(1);
+    h.draw(usize::MAX);
+    let ask = h.now + hold;
+    h.advance(hold);
+    let asked = h
+        .requests
+        .iter()
+        .rposition(|(_, r)| matches!(r, Request::BulkLease { .. }));
+    assert!(
+        h.requests.len() > asked.unwrap(),
+        "asked again after the hold"
+    );
+    assert!(h.now >= ask);
+    let (id, _) = *h.conns[&1].written.back().unwrap();
+    assert!(
+        h.conns[&1].bulk.contains(&id),
+        "a bulk lease after the hold"
+    );
+    // A full reply lifts the hold.
+    h.answer_all(1);
+    assert!(h.engine.slots[0].conn().unwrap().drained_until.is_none());
+}
