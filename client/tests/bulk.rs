@@ -24,7 +24,9 @@ use snowlease::layout::unix_ms_now;
 use snowlease::wire::{Request, Response, Run, Welcome, WorkerSet, MAX_BULK};
 use snowlease::{BlockingClient, Client, ClientConfig, Error, IdRange, Layout};
 use snowlease_server::{RunningServer, ServerConfig};
-use support::{cpu_seconds, http_get, metric, server_binary_or_skip, ServerProcess};
+use support::{
+    cpu_seconds, cpu_seconds_precise, http_get, metric, server_binary_or_skip, ServerProcess,
+};
 use tokio::net::TcpListener;
 use tokio_util::codec::Framed;
 
@@ -141,7 +143,10 @@ async fn tasks_drawing_through_next_id_lease_and_lease_bulk_from_four_workers_ne
         tasks.push(tokio::spawn(async move {
             let mut ranges = Vec::new();
             for _ in 0..300 {
-                ranges.push(client.lease(1000).await.unwrap());
+                let range = client.lease(1000).await.unwrap();
+                // A direct lease may get the rest of a tick, fewer than asked.
+                assert!((1..=1000).contains(&range.count), "{range:?}");
+                ranges.push(range);
             }
             ranges
         }));
@@ -155,10 +160,15 @@ async fn tasks_drawing_through_next_id_lease_and_lease_bulk_from_four_workers_ne
         }));
     }
     let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
+    let mut leased = 0;
+    for (i, t) in tasks.into_iter().enumerate() {
+        let ranges = t.await.unwrap();
+        if (3..5).contains(&i) {
+            leased += count(&ranges);
+        }
+        all.extend(ranges);
     }
-    assert_eq!(count(&all), 300_000 + 600 * 1000 + 15_000_000);
+    assert_eq!(count(&all) - leased, 300_000 + 15_000_000);
     assert_blocks(&all);
     assert!(workers(&all).iter().all(|w| (0..4).contains(w)));
     assert_disjoint(spans(&all));
@@ -257,7 +267,11 @@ async fn bulk_leases_in_flight_survive_goaway_and_an_aborted_server_without_a_re
     draw(&client, 1_000_000, &mut ranges).await;
     let tail = ranges.len();
     draw(&client, 3_000_000, &mut ranges).await;
-    assert_eq!(workers(&ranges[tail..]), [8, 9, 10, 11], "only C is left");
+    let left = workers(&ranges[tail..]);
+    assert!(
+        left.iter().all(|w| (8..12).contains(w)),
+        "only C is left: {left:?}"
+    );
     assert_blocks(&ranges);
     assert_disjoint(spans(&ranges));
     client.close().await;
@@ -318,7 +332,9 @@ fn the_server_binary_with_four_workers_serves_bulk_leases_and_drains_with_goaway
         BlockingClient::connect(quick(servers.iter().map(|s| s.addr.to_string()))).unwrap();
     let mut ranges = Vec::new();
     let deadline = Instant::now() + PATIENCE;
-    while workers(&ranges) != [0, 1, 2, 3, 4, 5, 6, 7] {
+    // Both servers served, and more workers than their two home workers: bulk leases.
+    let enough = |w: Vec<u16>| w.len() > 2 && w[0] < 4 && w[w.len() - 1] >= 4;
+    while !enough(workers(&ranges)) {
         assert!(Instant::now() < deadline, "workers {:?}", workers(&ranges));
         ranges.extend(client.lease_bulk(1 << 20).unwrap());
     }
@@ -348,7 +364,8 @@ fn the_server_binary_with_four_workers_serves_bulk_leases_and_drains_with_goaway
         drawn += count(&more);
         ranges.extend(more);
     }
-    assert_eq!(workers(&ranges[tail..]), [4, 5, 6, 7]);
+    let left = workers(&ranges[tail..]);
+    assert!(left.iter().all(|w| (4..8).contains(w)), "{left:?}");
     assert_blocks(&ranges);
     assert_disjoint(spans(&ranges));
     client.close();
@@ -591,49 +608,65 @@ async fn measure_bulk_leases_against_version_1() {
         .then_some("0");
     let server = ServerProcess::start_with(&bin, &["--worker-ids", "0-3", "--threads", "1"], pin);
     println!("server pinned to CPU 0: {}", pin.is_some());
-    println!("mode, consumer, IDs/s, server CPU ms per million IDs issued, IDs issued/drawn");
-    let mut results: Vec<(String, f64, f64)> = Vec::new();
+    println!(
+        "mode, consumer, IDs/s, server CPU ms per million IDs issued (utime+stime; schedstat), \
+         IDs issued/drawn, requests/s, lead waits/s"
+    );
+    let mut results: Vec<(String, f64, f64, f64)> = Vec::new();
     for round in 0..rounds {
-        for consumer in ["next_id x4", "lease_bulk x1"] {
+        for consumer in ["next_id x4", "lease_bulk x1", "lease_bulk 3M/s"] {
             for version in [2u16, 1] {
-                let (rate, cpu, ratio) = measure_one(&server, version, consumer, secs).await;
+                let m = measure_one(&server, version, consumer, secs).await;
                 let mode = if version == 2 {
                     "bulk (v2)"
                 } else {
                     "LEASE (v1)"
                 };
-                println!("round {round}: {mode}, {consumer}, {rate:.0}, {cpu:.2}, {ratio:.3}");
-                results.push((format!("{mode}, {consumer}"), rate, cpu));
+                println!(
+                    "round {round}: {mode}, {consumer}, {:.0}, {:.2}; {:.2}, {:.3}, {:.0}, {:.0}",
+                    m.ids_per_s,
+                    m.cpu_ms_per_million,
+                    m.precise_ms_per_million,
+                    m.issued_per_drawn,
+                    m.requests_per_s,
+                    m.lead_waits_per_s
+                );
+                let key = format!("{mode}, {consumer}");
+                results.push((
+                    key,
+                    m.ids_per_s,
+                    m.cpu_ms_per_million,
+                    m.precise_ms_per_million,
+                ));
             }
         }
     }
-    println!("medians: mode, consumer, IDs/s, server CPU ms per million IDs");
+    println!(
+        "medians: mode, consumer, IDs/s, server CPU ms per million IDs (utime+stime; schedstat)"
+    );
     let mut keys: Vec<String> = results.iter().map(|r| r.0.clone()).collect();
-    keys.dedup();
     keys.sort();
     keys.dedup();
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
     for key in keys {
-        let mut rates: Vec<f64> = results.iter().filter(|r| r.0 == key).map(|r| r.1).collect();
-        let mut cpus: Vec<f64> = results.iter().filter(|r| r.0 == key).map(|r| r.2).collect();
-        rates.sort_by(f64::total_cmp);
-        cpus.sort_by(f64::total_cmp);
+        let of = |pick: fn(&(String, f64, f64, f64)) -> f64| {
+            median(results.iter().filter(|r| r.0 == key).map(pick).collect())
+        };
         println!(
-            "{key}, {:.0}, {:.2}",
-            rates[rates.len() / 2],
-            cpus[cpus.len() / 2]
+            "{key}, {:.0}, {:.2}; {:.2}",
+            of(|r| r.1),
+            of(|r| r.2),
+            of(|r| r.3)
         );
     }
 }
 
 /// One run: a fresh client offering `version`, drawing with `consumer` for `secs` seconds
-/// (after a 0.5 s warm-up); returns IDs drawn per second, the server's CPU milliseconds per
-/// million IDs it issued meanwhile, and IDs issued over IDs drawn.
-async fn measure_one(
-    server: &ServerProcess,
-    version: u16,
-    consumer: &str,
-    secs: u64,
-) -> (f64, f64, f64) {
+/// (after a 0.5 s warm-up).
+async fn measure_one(server: &ServerProcess, version: u16, consumer: &str, secs: u64) -> Measured {
     let config = ClientConfig::new([server.addr.to_string()]).protocol_version(version);
     let client = Client::connect(config).await.unwrap();
     let drawn = Arc::new(AtomicU64::new(0));
@@ -654,7 +687,7 @@ async fn measure_one(
                 })
             })
             .collect(),
-        _ => {
+        "lease_bulk x1" => {
             let (client, drawn, stop) = (client.clone(), Arc::clone(&drawn), Arc::clone(&stop));
             vec![tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
@@ -663,24 +696,48 @@ async fn measure_one(
                 }
             })]
         }
+        // Below one worker's ceiling: what the IDs cost when the server is not the limit.
+        _ => {
+            let (client, drawn, stop) = (client.clone(), Arc::clone(&drawn), Arc::clone(&stop));
+            vec![tokio::spawn(async move {
+                let start = Instant::now();
+                let mut ticker = tokio::time::interval(Duration::from_millis(1));
+                let mut taken = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    ticker.tick().await;
+                    let due = (start.elapsed().as_secs_f64() * 3e6) as u64;
+                    while taken < due {
+                        let ranges = client.lease_bulk(due - taken).await.unwrap();
+                        taken += count(&ranges);
+                        drawn.fetch_add(count(&ranges), Ordering::Relaxed);
+                    }
+                }
+            })]
+        }
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let ids_issued = || {
-        metric(
-            &http_get(server.admin, "/metrics"),
-            "snowlease_ids_issued_total",
-        )
+    let sample = || {
+        let text = http_get(server.admin, "/metrics");
+        let requests: f64 = ["full", "partial"]
+            .iter()
+            .map(|o| metric(&text, &format!("snowlease_leases_total{{outcome=\"{o}\"}}")))
+            .sum();
+        let waits = metric(&text, "snowlease_generator_waits_total{reason=\"lead\"}");
+        (metric(&text, "snowlease_ids_issued_total"), requests, waits)
     };
-    let (issued0, cpu0, drawn0, t0) = (
-        ids_issued(),
-        cpu_seconds(server.pid()),
+    let pid = server.pid();
+    let (before, cpu0, precise0, drawn0, t0) = (
+        sample(),
+        cpu_seconds(pid),
+        cpu_seconds_precise(pid),
         drawn.load(Ordering::Relaxed),
         Instant::now(),
     );
     tokio::time::sleep(Duration::from_secs(secs)).await;
-    let (issued1, cpu1, drawn1, elapsed) = (
-        ids_issued(),
-        cpu_seconds(server.pid()),
+    let (after, cpu1, precise1, drawn1, elapsed) = (
+        sample(),
+        cpu_seconds(pid),
+        cpu_seconds_precise(pid),
         drawn.load(Ordering::Relaxed),
         t0.elapsed(),
     );
@@ -690,10 +747,28 @@ async fn measure_one(
     }
     client.close().await;
     let drawn = (drawn1 - drawn0) as f64;
-    let issued = issued1 - issued0;
-    (
-        drawn / elapsed.as_secs_f64(),
-        (cpu1 - cpu0) * 1000.0 / (issued / 1e6),
-        issued / drawn,
-    )
+    let issued = after.0 - before.0;
+    let seconds = elapsed.as_secs_f64();
+    Measured {
+        ids_per_s: drawn / seconds,
+        cpu_ms_per_million: (cpu1 - cpu0) * 1000.0 / (issued / 1e6),
+        precise_ms_per_million: (precise1 - precise0) * 1000.0 / (issued / 1e6),
+        issued_per_drawn: issued / drawn,
+        requests_per_s: (after.1 - before.1) / seconds,
+        lead_waits_per_s: (after.2 - before.2) / seconds,
+    }
+}
+
+/// What one measuring run found.
+struct Measured {
+    ids_per_s: f64,
+    /// From utime + stime (`/proc/PID/stat`, 10 ms granularity).
+    cpu_ms_per_million: f64,
+    /// From the threads' `schedstat` (nanoseconds).
+    precise_ms_per_million: f64,
+    issued_per_drawn: f64,
+    /// LEASE and BULK_LEASE requests the server answered per second.
+    requests_per_s: f64,
+    /// Leases that waited for the clock (the lead was used up) per second.
+    lead_waits_per_s: f64,
 }
