@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use tracing::warn;
 
 use super::engine::{Action, Direct, Engine, Level};
-use super::slots::{Dest, Outstanding, Slot};
+use super::slots::{Conn, Dest, Outstanding, Slot};
 use crate::client::verify;
 use crate::client::verify::Greeting;
 use crate::client::Error;
@@ -121,8 +121,12 @@ impl Engine {
             .map(|i| (self.cursor + i) % n)
             .filter_map(|i| {
                 let c = self.slots[i].conn()?;
-                let held = refill && c.drained_until.is_some_and(|t| now < t);
-                (c.usable(limit, now, cap) && !held).then_some((c.outstanding.len(), i))
+                let ok = if refill {
+                    self.takes_refills(c, now)
+                } else {
+                    c.usable(limit, now, cap)
+                };
+                ok.then_some((c.outstanding.len(), i))
             })
             .min_by_key(|&(len, _)| len)
             .map(|(_, i)| i)?;
@@ -171,16 +175,20 @@ impl Engine {
         count
     }
 
-    /// Usable connections right now.
-    fn usable(&self, now: Instant) -> u64 {
-        let (limit, cap) = (self.config.max_in_flight, self.config.request_timeout);
+    /// Connections a refill may use right now: usable and not drained a moment ago.
+    fn refillable(&self, now: Instant) -> u64 {
         let usable = self
             .slots
             .iter()
             .filter_map(Slot::conn)
-            .filter(|c| c.usable(limit, now, cap))
+            .filter(|c| self.takes_refills(c, now))
             .count();
         u64::try_from(usable).unwrap_or(u64::MAX)
+    }
+
+    fn takes_refills(&self, c: &Conn, now: Instant) -> bool {
+        let (limit, cap) = (self.config.max_in_flight, self.config.request_timeout);
+        c.usable(limit, now, cap) && c.drained_until.is_none_or(|t| now >= t)
     }
 
     pub(super) fn send_direct(&mut self, now: Instant) {
@@ -206,7 +214,8 @@ impl Engine {
         let mut in_flight = self.on_the_way(now);
         let capacity = self.config.buffer_capacity;
         if available + in_flight < plan.low_mark {
-            let share = (plan.fill_to - available - in_flight).div_ceil(self.usable(now).max(1));
+            let share =
+                (plan.fill_to - available - in_flight).div_ceil(self.refillable(now).max(1));
             while available + in_flight < plan.fill_to {
                 let room = capacity.saturating_sub(available + in_flight);
                 let Some(index) = self.pick(now, true).filter(|_| room > 0) else {

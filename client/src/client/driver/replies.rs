@@ -101,8 +101,8 @@ impl Engine {
         let layout = greeting.layout;
         // Replies of one worker are checked in arrival order per worker id, which holds only
         // if each worker id reaches this client through one connection.
-        let shared = self.slots.iter().find_map(|s| {
-            let other = s.conn()?.ready?;
+        let shared = self.slots.iter().enumerate().find_map(|(i, s)| {
+            let other = s.conn().filter(|_| i != index)?.ready?;
             Some((greeting.shared_worker(&other)?, s.addr))
         });
         if let Some((worker, other)) = shared {

@@ -532,3 +532,15 @@ fn after_a_short_bulk_reply_refills_skip_the_connection_until_its_hold_ends() {
     h.answer_all(1);
     assert!(h.engine.slots[0].conn().unwrap().drained_until.is_none());
 }
+
+#[test]
+fn a_second_welcome_with_the_same_worker_set_is_named_a_second_welcome() {
+    let mut h = v2();
+    h.welcome_v2(1, 0, 0, 4);
+    assert_eq!(h.closed, [1]);
+    assert!(
+        h.error_text().contains("second WELCOME"),
+        "{}",
+        h.error_text()
+    );
+}
