@@ -144,47 +144,25 @@ impl Report {
         measured && self.verify.as_ref().is_none_or(Verdict::ok)
     }
 
-    /// The end-of-run table.
+    /// The end-of-run table: what ran, what came out, then latency, probe, errors, verdict.
     pub fn table(&self) -> String {
+        let mut rows = self.run_rows();
+        rows.extend(self.result_rows());
+        let mut out = String::new();
+        for (name, value) in rows {
+            // Writing to a String cannot fail.
+            let _ = writeln!(out, "{name:<14}{value}");
+        }
+        out
+    }
+
+    /// What ran: mode, load shape, time.
+    fn run_rows(&self) -> Vec<(String, String)> {
         let s = &self.settings;
-        let shape = match s.mode {
-            "raw" => format!(
-                "{} connections x depth {}, batch {}",
-                s.connections, s.depth, s.batch
-            ),
-            "client-lease" => format!("{} tasks, lease({})", s.tasks, s.batch),
-            "reconnect" => format!(
-                "{} tasks, each: connect, HELLO, lease({}), close",
-                s.connections, s.batch
-            ),
-            "fairness" => format!(
-                "{} connections x depth {}, batch {}, plus one idle connection probing",
-                s.connections, s.depth, s.batch
-            ),
-            "peer-cap" => format!("{} connections held by one peer", s.connections),
-            _ => format!(
-                "{} tasks, next_id() (latency: 1 call in {} timed)",
-                s.tasks, s.latency_sampled_every
-            ),
-        };
-        let per_call = match s.mode {
-            "raw" | "fairness" => "leases/s",
-            "peer-cap" => "probes/s",
-            "reconnect" => "conns/s",
-            _ => "calls/s",
-        };
-        let workers = self.workers.len().max(1);
-        let mut rows: Vec<(String, String)> = vec![
-            (
-                "mode".into(),
-                format!(
-                    "{} against {}{}",
-                    s.mode,
-                    s.addr,
-                    if s.tls { " over TLS" } else { "" }
-                ),
-            ),
-            ("load".into(), shape),
+        let tls = if s.tls { " over TLS" } else { "" };
+        vec![
+            ("mode".into(), format!("{} against {}{tls}", s.mode, s.addr)),
+            ("load".into(), load_shape(s)),
             (
                 "time".into(),
                 format!(
@@ -192,6 +170,19 @@ impl Report {
                     s.duration_s, s.warmup_s, s.threads
                 ),
             ),
+        ]
+    }
+
+    /// What came out: counts, rates, ceiling, latency, probe, errors and the verdict.
+    fn result_rows(&self) -> Vec<(String, String)> {
+        let per_call = match self.settings.mode {
+            "raw" | "fairness" => "leases/s",
+            "peer-cap" => "probes/s",
+            "reconnect" => "conns/s",
+            _ => "calls/s",
+        };
+        let workers = self.workers.len().max(1);
+        let mut rows: Vec<(String, String)> = vec![
             ("IDs".into(), thousands(self.ids)),
             ("IDs/s".into(), thousands(self.ids_per_sec.round() as u64)),
             (
@@ -208,20 +199,8 @@ impl Report {
                     self.ceiling_share * 100.0
                 ),
             ),
+            ("latency".into(), latency_text(&self.latency)),
         ];
-        let l = &self.latency;
-        rows.push((
-            "latency".into(),
-            format!(
-                "p50 {}  p99 {}  p99.9 {}  max {}  mean {}  ({} samples)",
-                duration_text(l.p50_us),
-                duration_text(l.p99_us),
-                duration_text(l.p999_us),
-                duration_text(l.max_us),
-                duration_text(l.mean_us),
-                thousands(l.count)
-            ),
-        ));
         if let Some(p) = &self.probe {
             rows.extend(probe_rows(p));
         }
@@ -230,26 +209,55 @@ impl Report {
             .iter()
             .map(|(k, n)| format!("{k}: {n}"))
             .collect();
-        rows.push((
-            "errors".into(),
-            if kinds.is_empty() {
-                "0".into()
-            } else {
-                format!("{} ({})", self.errors, kinds.join(", "))
-            },
-        ));
-        rows.push((
-            "verify".into(),
-            self.verify
-                .as_ref()
-                .map_or_else(|| "off".into(), Verdict::describe),
-        ));
-        let mut out = String::new();
-        for (name, value) in rows {
-            // Writing to a String cannot fail.
-            let _ = writeln!(out, "{name:<14}{value}");
-        }
-        out
+        let errors = if kinds.is_empty() {
+            "0".into()
+        } else {
+            format!("{} ({})", self.errors, kinds.join(", "))
+        };
+        rows.push(("errors".into(), errors));
+        let verify = self
+            .verify
+            .as_ref()
+            .map_or_else(|| "off".into(), Verdict::describe);
+        rows.push(("verify".into(), verify));
+        rows
+    }
+}
+
+/// A latency summary on one line.
+fn latency_text(l: &Latency) -> String {
+    format!(
+        "p50 {}  p99 {}  p99.9 {}  max {}  mean {}  ({} samples)",
+        duration_text(l.p50_us),
+        duration_text(l.p99_us),
+        duration_text(l.p999_us),
+        duration_text(l.max_us),
+        duration_text(l.mean_us),
+        thousands(l.count)
+    )
+}
+
+/// The load a mode puts on the server, in words.
+fn load_shape(s: &ReportSettings) -> String {
+    match s.mode {
+        "raw" => format!(
+            "{} connections x depth {}, batch {}",
+            s.connections, s.depth, s.batch
+        ),
+        "client-lease" => format!("{} tasks, lease({})", s.tasks, s.batch),
+        "reconnect" => format!(
+            "{} tasks, each: connect, HELLO, lease({}), close",
+            s.connections, s.batch
+        ),
+        "fairness" => format!(
+            "{} connections x depth {}, batch {}, plus one idle connection probing",
+            s.connections, s.depth, s.batch
+        ),
+        "peer-cap" => format!("{} connections held by one peer", s.connections),
+        _ => format!(
+            "{} tasks, next_id() (latency: 1 call in {} timed)",
+            s.tasks, s.latency_sampled_every
+        ),
     }
 }
 

@@ -4,17 +4,23 @@
 //! ```text
 //!  callers (any tasks/threads)            driver task (one per Client)        servers
 //!  next_id / next_ids / lease  --pop-->  [ Buffer: leased ranges ]  <--push--  verified
-//!        |  below low water / empty: wake ------------>  plans LEASEs  --->  LEASED replies
+//!  lease_bulk (whole ranges)                                                    LEASED and
+//!        |  below low water / empty: wake ------------>  plans LEASEs  --->  BULK_LEASED
+//!        |                                               and BULK_LEASEs       replies
 //!        '--- lease(n) too big for the buffer: Command ----------------->  (one conn task
 //!                                                                            per server)
 //! ```
 //! - [`Client::next_id`] takes an ID from the shared `buffer` under a short mutex: no I/O,
 //!   no clock read, nothing held across an await. Only when the buffer is empty does it wait,
 //!   up to [`ClientConfig::timeout`], for the driver to refill it.
+//! - [`Client::lease_bulk`] takes whole ranges under the same lock, one step per range: the
+//!   path for consumers of millions of IDs per second.
 //! - The `driver` task owns every connection. It estimates the draw rate (`rate`), keeps about
-//!   50 ms of IDs on hand by pipelining LEASEs to all connected servers, checks every reply
-//!   against what was asked (`verify`), drops ranges older than `max_age`, and fails over
-//!   and reconnects with jittered backoff when a server goes away.
+//!   50 ms of IDs on hand by pipelining LEASEs to all connected servers (or, on version-2
+//!   connections once that needs more than one LEASE per connection, one BULK_LEASE each),
+//!   checks every reply against what was asked (`verify`) and expands bulk replies into
+//!   per-tick ranges, drops ranges older than `max_age`, and fails over and reconnects with
+//!   jittered backoff when a server goes away.
 //! - `conn` tasks do the socket I/O for one server each, and nothing else; with
 //!   [`ClientConfig::tls`] (feature `tls`) inside a TLS session set up by `tls`.
 //! - [`BlockingClient`] wraps a `Client` and a one-thread runtime for code without one.
@@ -62,7 +68,7 @@ use shared::{Command, DirectLease, Shared};
 
 use crate::layout::{Layout, Parts};
 
-/// `count` consecutive IDs starting at `first`, all from one server and one tick.
+/// `count` consecutive IDs starting at `first`, all from one server, one worker and one tick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct IdRange {
     /// The first ID.
@@ -206,6 +212,58 @@ impl Client {
             .await?;
         }
         Ok(out)
+    }
+
+    /// Takes up to `max` IDs at once, as verified ranges straight out of the buffer: the way to
+    /// move millions of IDs per second through one client, which [`Client::next_id`] (one
+    /// lock per ID) cannot.
+    ///
+    /// While the buffer holds IDs this is a memory operation under the buffer's lock, one
+    /// step per range, never a round trip: it returns everything buffered up to `max`, which
+    /// may be less than `max` (at least one ID). When the buffer is empty it waits for a
+    /// refill like `next_id`, failing with [`Error::Unavailable`] after
+    /// [`ClientConfig::timeout`] without IDs. Each [`IdRange`] is consecutive integers inside
+    /// one tick of one worker (at most `max_lease`, 4,096 IDs by default); ranges of
+    /// different workers and ticks follow each other in the order they were received, so the
+    /// IDs are unique (with every other ID of this client and of any other client) but not
+    /// sorted. `max` of 0 is [`Error::InvalidArgument`].
+    ///
+    /// Taking IDs counts toward the draw rate the buffer is refilled by, so a bulk consumer
+    /// gets bulk leases (protocol version 2) on its own. What one client can sustain is
+    /// bounded by [`ClientConfig::buffer_capacity`]: a refill asks for at most the room left,
+    /// and the client refills once half of it is gone, so about half the capacity arrives per
+    /// round trip. The default capacity (262,144 IDs) is sized for one server; raise it
+    /// (for example to 50 ms of the rate wanted) to draw from many servers at their ceiling.
+    pub async fn lease_bulk(&self, max: u64) -> Result<Vec<IdRange>, Error> {
+        if max == 0 {
+            return Err(Error::InvalidArgument(
+                "lease_bulk needs room for at least 1 ID".into(),
+            ));
+        }
+        let ranges = self.try_lease_bulk(max);
+        if !ranges.is_empty() {
+            return Ok(ranges);
+        }
+        self.wait_for(|b| {
+            let mut ranges = Vec::new();
+            (b.take_ranges(&mut ranges, max) > 0).then_some(ranges)
+        })
+        .await
+    }
+
+    /// Takes up to `max` IDs as ranges if the buffer has any; never waits (empty if it has
+    /// none). This is the whole fast path of [`Client::lease_bulk`].
+    pub fn try_lease_bulk(&self, max: u64) -> Vec<IdRange> {
+        let mut ranges = Vec::new();
+        let wake = {
+            let mut buffer = self.shared.buffer();
+            buffer.take_ranges(&mut ranges, max);
+            buffer.wants_refill()
+        };
+        if wake {
+            self.shared.wake.notify_one();
+        }
+        ranges
     }
 
     /// Takes up to `n` consecutive IDs: from the buffer if one leased range still holds

@@ -22,6 +22,21 @@
 //! client share one buffer; [`ClientConfig`] documents the settings, failover and what
 //! happens when servers go silent.
 //!
+//! For millions of IDs per second, take whole ranges with [`Client::lease_bulk`] instead of
+//! one ID at a time; the client then asks servers with bulk leases (protocol version 2) on
+//! its own, one request for many milliseconds of every worker a server holds:
+//! ```no_run
+//! # async fn f(client: snowlease::Client) -> Result<(), snowlease::Error> {
+//! for range in client.lease_bulk(1_000_000).await? {
+//!     // `range.count` consecutive IDs from `range.first`, one tick of one worker.
+//!     for id in range {
+//!         let _ = id;
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Layout
 //! - [`layout`] and [`wire`] are pure: bit arithmetic and the frame codec, no I/O. They live in
 //!   the crate `snowlease-proto` (re-exported here unchanged), which the server, snowcat and

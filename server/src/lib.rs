@@ -4,7 +4,8 @@
 //! Start-up and the threads it starts:
 //! - [`start`] (module `start`): the order of start-up and shutdown, and [`RunningServer`].
 //! - [`listen`]: the sockets, all bound before anything is written.
-//! - [`cores`]: one `current_thread` runtime per core, its accept loop and the connection caps.
+//! - [`cores`]: one `current_thread` runtime per core and its accept loop; [`peers`]: the
+//!   per-peer connection cap it applies.
 //! - [`housekeeping`]: the admin thread (HTTP, clock resync, file reloads) and the persister.
 //!
 //! What they share and how an ID is made:
@@ -36,6 +37,7 @@ pub mod lease;
 pub mod listen;
 pub mod lockfile;
 pub mod metrics;
+pub mod peers;
 pub mod persist;
 pub mod shared;
 pub mod start;

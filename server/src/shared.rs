@@ -11,12 +11,12 @@ use std::sync::Arc;
 
 use crate::clock::{MonotonicClock, StepPolicy};
 use crate::config::ServerConfig;
-use crate::cores::PeerTable;
 use crate::error::StartError;
 use crate::generator::Generator;
 use crate::health::{Health, Reason};
 use crate::lease::{Durability, Leaser};
 use crate::metrics::Metrics;
+use crate::peers::PeerTable;
 use crate::persist::StateHealth;
 use crate::state::StateStore;
 use crate::{auth, tls};

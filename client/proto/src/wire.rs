@@ -423,38 +423,46 @@ pub fn decode_response(src: &mut BytesMut) -> Result<Option<Response>, WireError
         return Ok(None);
     };
     let opcode = src[LEN_PREFIX];
-    let body = &src[LEN_PREFIX + 1..total];
+    // Validate before consuming, so a caller that reports the error still sees the frame.
+    check_response_body(opcode, &src[LEN_PREFIX + 1..total])?;
+    let mut f = src.split_to(total);
+    f.advance(LEN_PREFIX + 1);
+    Ok(Some(parse_response(opcode, f)))
+}
+
+/// Checks a server frame's body against its opcode: sizes, counts and UTF-8.
+fn check_response_body(opcode: u8, body: &[u8]) -> Result<(), WireError> {
+    // A u16 at `at`, or `missing` when the body is too short to hold it.
+    let u16_at = |at: usize, missing: u16| {
+        body.get(at..at + 2)
+            .map_or(missing, |b| u16::from_be_bytes([b[0], b[1]]))
+    };
     match opcode {
-        opcode::WELCOME if body.len() == WELCOME_V2_BODY => {}
-        opcode::WELCOME => expect_body("WELCOME", body, WELCOME_V1_BODY)?,
-        opcode::LEASED => expect_body("LEASED", body, 16)?,
+        opcode::WELCOME if body.len() == WELCOME_V2_BODY => Ok(()),
+        opcode::WELCOME => expect_body("WELCOME", body, WELCOME_V1_BODY),
+        opcode::LEASED => expect_body("LEASED", body, 16),
         opcode::BULK_LEASED => {
-            let runs = if body.len() >= 6 {
-                u16::from_be_bytes([body[4], body[5]])
-            } else {
-                1
-            };
+            let runs = u16_at(4, 1);
             if runs == 0 || usize::from(runs) > MAX_RUNS {
                 return Err(WireError::RunCount(runs));
             }
-            expect_body("BULK_LEASED", body, 6 + RUN_BYTES * usize::from(runs))?;
+            expect_body("BULK_LEASED", body, 6 + RUN_BYTES * usize::from(runs))
         }
-        opcode::PONG => expect_body("PONG", body, 8)?,
-        opcode::GOAWAY => expect_body("GOAWAY", body, 2)?,
+        opcode::PONG => expect_body("PONG", body, 8),
+        opcode::GOAWAY => expect_body("GOAWAY", body, 2),
         opcode::ERROR => {
-            let declared = if body.len() >= 8 {
-                usize::from(u16::from_be_bytes([body[6], body[7]]))
-            } else {
-                0
-            };
-            expect_body("ERROR", body, 8 + declared)?;
-            std::str::from_utf8(&body[8..]).map_err(|_| WireError::BadUtf8)?;
+            expect_body("ERROR", body, 8 + usize::from(u16_at(6, 0)))?;
+            std::str::from_utf8(&body[8..])
+                .map(|_| ())
+                .map_err(|_| WireError::BadUtf8)
         }
-        other => return Err(WireError::UnknownOpcode(other)),
+        other => Err(WireError::UnknownOpcode(other)),
     }
-    let mut f = src.split_to(total);
-    f.advance(LEN_PREFIX + 1);
-    Ok(Some(match opcode {
+}
+
+/// Reads a server frame's body, already checked by [`check_response_body`].
+fn parse_response(opcode: u8, mut f: BytesMut) -> Response {
+    match opcode {
         opcode::WELCOME => {
             let welcome = Welcome {
                 version: f.get_u16(),
@@ -466,18 +474,15 @@ pub fn decode_response(src: &mut BytesMut) -> Result<Option<Response>, WireError
                 max_lease: f.get_u32(),
                 server_unix_ms: f.get_u64(),
             };
-            if f.has_remaining() {
-                Response::WelcomeV2 {
-                    welcome,
-                    workers: WorkerSet {
-                        first_worker: f.get_u16(),
-                        worker_count: f.get_u16(),
-                        max_bulk: f.get_u32(),
-                    },
-                }
-            } else {
-                Response::Welcome(welcome)
+            if !f.has_remaining() {
+                return Response::Welcome(welcome);
             }
+            let workers = WorkerSet {
+                first_worker: f.get_u16(),
+                worker_count: f.get_u16(),
+                max_bulk: f.get_u32(),
+            };
+            Response::WelcomeV2 { welcome, workers }
         }
         opcode::BULK_LEASED => {
             let request_id = f.get_u32();
@@ -503,7 +508,7 @@ pub fn decode_response(src: &mut BytesMut) -> Result<Option<Response>, WireError
             let request_id = f.get_u32();
             let code = ErrorCode(f.get_u16());
             f.advance(2);
-            // Checked above; lossy conversion keeps this path free of a panic regardless.
+            // Checked before; lossy conversion keeps this path free of a panic regardless.
             let message = String::from_utf8_lossy(&f).into_owned();
             Response::Error {
                 request_id,
@@ -511,7 +516,7 @@ pub fn decode_response(src: &mut BytesMut) -> Result<Option<Response>, WireError
                 message,
             }
         }
-    }))
+    }
 }
 
 fn put_header(dst: &mut BytesMut, body_len: usize, opcode: u8) {

@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
-use snowlease::wire::{self, Request, Response, Welcome, LEN_PREFIX, MAX_FRAME_LEN};
+use snowlease::wire::{self, Request, Response, Welcome, WorkerSet, LEN_PREFIX, MAX_FRAME_LEN};
 
 use crate::{Common, Failure};
 
@@ -232,16 +232,30 @@ impl FrameWriter {
 }
 
 /// Sends HELLO and waits for WELCOME: the subcommands that need the server's layout or
-/// max_lease (and any server that requires a token) start this way.
+/// max_lease (and any server that requires a token) start this way. Speaks version 1.
 pub async fn handshake(
     reader: &mut FrameReader,
     writer: &mut FrameWriter,
     token: Option<&str>,
     timeout: Duration,
 ) -> Result<Welcome, Failure> {
+    handshake_version(reader, writer, token, wire::VERSION, timeout)
+        .await
+        .map(|(welcome, _)| welcome)
+}
+
+/// Sends HELLO offering `version` and waits for WELCOME; returns it with the worker set a
+/// version-2 WELCOME carries (`None` from a server that answered version 1).
+pub async fn handshake_version(
+    reader: &mut FrameReader,
+    writer: &mut FrameWriter,
+    token: Option<&str>,
+    version: u16,
+    timeout: Duration,
+) -> Result<(Welcome, Option<WorkerSet>), Failure> {
     let deadline = Instant::now() + timeout;
     let hello = Request::Hello {
-        version: wire::VERSION,
+        version,
         token: Bytes::copy_from_slice(token.unwrap_or("").as_bytes()),
     };
     writer
@@ -253,9 +267,14 @@ pub async fn handshake(
         .await
         .map_err(|e| Failure::Failed(format!("waiting for WELCOME: {e}")))?;
     match frame.response {
-        Response::Welcome(welcome) => Ok(welcome),
+        Response::Welcome(welcome) if welcome.version == wire::VERSION => Ok((welcome, None)),
+        Response::WelcomeV2 { welcome, workers }
+            if (wire::VERSION_2..=version).contains(&welcome.version) =>
+        {
+            Ok((welcome, Some(workers)))
+        }
         other => Err(Failure::Failed(format!(
-            "expected WELCOME in reply to HELLO, got {}",
+            "expected WELCOME of version {version} or lower in reply to HELLO, got {}",
             crate::format::response_line(&other, &snowlease::Layout::DEFAULT)
         ))),
     }

@@ -1,10 +1,10 @@
 //! snowcat: the netcat of the snowlease protocol.
 //!
 //! Arguments flow through clap into one of five paths, each in its own module: `lease`
-//! (pipelined LEASEs printed as IDs or ranges), `info` and `ping` (HELLO/WELCOME and
-//! PING/PONG), `decode` (pure bit arithmetic, optionally asking a server for its layout), and
-//! with no subcommand the netcat mode, which turns stdin lines into frames and replies into
-//! lines. Every path ends in a [`Failure`] or success, and [`main`] maps that to the exit code:
+//! (pipelined LEASEs, or BULK_LEASEs with `--bulk`, printed as IDs, ranges or runs), `info`
+//! and `ping` (HELLO/WELCOME and PING/PONG), `decode` (pure bit arithmetic, optionally asking
+//! a server for its layout), and with no subcommand the netcat mode, which turns stdin lines
+//! into frames and replies into lines. Every path ends in a [`Failure`] or success, and [`main`] maps that to the exit code:
 //! 0 success, 1 the server or the input said no, 2 usage or connect failure.
 
 use std::path::PathBuf;
@@ -25,8 +25,9 @@ mod netcat;
 /// With no subcommand, snowcat reads lines from stdin and prints each reply as one line:
 ///
 ///   lease 5 [id=N]        ask for 5 IDs (request id optional)
+///   bulk 5000000 [id=N]   BULK_LEASE: up to 5,000,000 IDs in runs (after `hello 2`)
 ///   ping [NONCE]          PING
-///   hello [VERSION] [TOKEN]
+///   hello [VERSION] [TOKEN]  (VERSION 2 for bulk leases)
 ///   raw HEX               send bytes as they are (e.g. `raw 00000009 02 00000001 00000005`)
 ///   # comment             ignored, as are blank lines
 ///
@@ -87,7 +88,7 @@ impl Common {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Lease N IDs and print them one per line.
+    /// Lease N IDs and print them one per line (`--bulk`: with BULK_LEASE, protocol version 2).
     Lease(lease::LeaseArgs),
     /// Print what the server says about itself in WELCOME.
     Info(info::InfoArgs),

@@ -210,7 +210,7 @@ struct Session {
 impl Session {
     fn print_reply(&mut self, frame: &Frame) -> Result<(), Failure> {
         match &frame.response {
-            Response::Welcome(w) => {
+            Response::Welcome(w) | Response::WelcomeV2 { welcome: w, .. } => {
                 if let Some(layout) = crate::format::welcome_layout(w) {
                     self.layout = layout;
                 }

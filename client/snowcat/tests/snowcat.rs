@@ -459,3 +459,162 @@ fn every_connecting_mode_works_over_tls_and_a_wrong_ca_is_a_connect_failure() {
     assert_eq!(run.code, 2, "--tls needs --tls-ca: {}", run.stderr);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A server holding worker ids 4..=7.
+fn four_workers() -> RunningServer {
+    let mut config = ServerConfig::for_tests(4);
+    config.worker_count = 4;
+    start(config).unwrap()
+}
+
+#[test]
+fn lease_bulk_prints_n_distinct_ids_in_blocks_from_the_servers_workers() {
+    let s = four_workers();
+    // More than one worker's lead (409,600), so the runs come from several workers.
+    let run = snowcat(
+        &[
+            "lease",
+            "2000000",
+            "--bulk",
+            "--ranges",
+            "--addr",
+            &addr(&s),
+        ],
+        "",
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let l = Layout::DEFAULT;
+    let mut blocks: Vec<(u64, u64)> = Vec::new();
+    let mut workers = Vec::new();
+    for line in run.stdout.lines() {
+        let (first, count) = line.split_once(' ').unwrap();
+        let (first, count): (u64, u64) = (first.parse().unwrap(), count.parse().unwrap());
+        let (a, b) = (l.decompose(first), l.decompose(first + count - 1));
+        assert!(
+            (a.tick, a.worker) == (b.tick, b.worker) && count >= 1,
+            "{line}"
+        );
+        workers.push(a.worker);
+        blocks.push((first, first + count));
+    }
+    assert_eq!(blocks.iter().map(|(a, b)| b - a).sum::<u64>(), 2_000_000);
+    blocks.sort_unstable();
+    assert!(
+        blocks.windows(2).all(|w| w[0].1 <= w[1].0),
+        "blocks overlap"
+    );
+    workers.sort_unstable();
+    workers.dedup();
+    assert!(
+        workers.len() >= 2 && workers.iter().all(|w| (4..8).contains(w)),
+        "{workers:?}"
+    );
+
+    // Every ID, and one summary line per run, add up the same way.
+    let run = snowcat(&["lease", "10000", "--bulk", "--addr", &addr(&s)], "");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let mut ids: Vec<u64> = run.stdout.lines().map(|l| l.parse().unwrap()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 10_000);
+    let run = snowcat(
+        &["lease", "1000000", "--bulk", "--runs", "--addr", &addr(&s)],
+        "",
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let total: u64 = run
+        .stdout
+        .lines()
+        .map(|line| {
+            assert!(line.starts_with("run first="), "{line}");
+            let count = line.split(" count=").nth(1).unwrap();
+            count.split(' ').next().unwrap().parse::<u64>().unwrap()
+        })
+        .sum();
+    assert_eq!(total, 1_000_000);
+    let run = snowcat(&["lease", "10", "--runs", "--addr", &addr(&s)], "");
+    assert_eq!(run.code, 2, "--runs needs --bulk");
+}
+
+#[test]
+fn lease_bulk_against_a_version_1_server_says_it_needs_version_2() {
+    // A server that answers HELLO with the version-1 WELCOME whatever the client offers, as
+    // the released server does.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let fake = thread::spawn(move || {
+        let (mut socket, _) = listener.accept().unwrap();
+        let mut hello = [0u8; 8];
+        socket.read_exact(&mut hello).unwrap();
+        let welcome = snowlease::wire::Response::Welcome(snowlease::wire::Welcome {
+            version: 1,
+            worker_id: 3,
+            epoch_unix_ms: Layout::DEFAULT.epoch_unix_ms(),
+            timestamp_bits: 41,
+            worker_bits: 10,
+            sequence_bits: 12,
+            max_lease: 4096,
+            server_unix_ms: snowlease::layout::unix_ms_now(),
+        });
+        socket.write_all(&welcome.to_bytes()).unwrap();
+        // Hold the socket until snowcat hangs up.
+        let _ = socket.read(&mut hello);
+        hello
+    });
+    let run = snowcat(&["lease", "10", "--bulk", "--addr", &address], "");
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("--bulk needs version 2"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.is_empty());
+    // HELLO: length 4, opcode 0x01, version 2, no token.
+    assert_eq!(fake.join().unwrap(), [0, 0, 0, 4, 1, 0, 2, 0]);
+}
+
+#[test]
+fn the_stdin_mode_speaks_version_2_after_hello_2_and_dumps_bulk_frames() {
+    let s = four_workers();
+    let run = snowcat(
+        &["--hex", "--addr", &addr(&s)],
+        "hello 2\nbulk 10000 id=8\nlease 5\n",
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    // Sends and replies interleave as they happen; each kind keeps its own order.
+    let of = |prefix: &str| -> Vec<String> {
+        run.stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix(prefix).map(str::to_owned))
+            .collect()
+    };
+    let (sent, received) = (of("> "), of("< "));
+    let text: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| !l.starts_with("> ") && !l.starts_with("< "))
+        .collect();
+    assert_eq!(sent.len(), 3, "{}", run.stdout);
+    assert_eq!(sent[0], "0000000401000200", "HELLO version 2");
+    assert_eq!(
+        sent[1], "00000009040000000800002710",
+        "BULK_LEASE id=8 count=10000"
+    );
+    assert!(sent[2].starts_with("0000000902"), "{}", sent[2]);
+    assert_eq!(received.len(), 3, "{}", run.stdout);
+    assert!(received[0].starts_with("0000002481"), "{}", received[0]);
+    assert_eq!(&received[1][8..10], "84", "{}", received[1]);
+    assert_eq!(text.len(), 3, "{}", run.stdout);
+    assert!(
+        text[0].starts_with("WELCOME version=2 worker=")
+            && text[0].ends_with(" workers=4..=7 max_bulk=4194304"),
+        "{}",
+        text[0]
+    );
+    assert!(
+        text[1].starts_with("BULK_LEASED id=8 runs=") && text[1].contains(" ids=10000 "),
+        "{}",
+        text[1]
+    );
+    assert!(text[2].starts_with("LEASED id=1 "), "{}", text[2]);
+}

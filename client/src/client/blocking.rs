@@ -22,8 +22,8 @@ const RUNTIME_THREADS: usize = 1;
 ///
 /// # Panics
 ///
-/// Methods that may wait (`connect`, `next_id` on an empty buffer, `next_ids`, `lease`,
-/// `close`) block the calling thread, which tokio forbids on an async runtime's worker
+/// Methods that may wait (`connect`, `next_id` and `lease_bulk` on an empty buffer,
+/// `next_ids`, `lease`, `close`) block the calling thread, which tokio forbids on an async runtime's worker
 /// threads: calling them from async code panics. Use [`Client`] there (or `spawn_blocking`).
 #[derive(Clone)]
 pub struct BlockingClient {
@@ -83,6 +83,21 @@ impl BlockingClient {
     /// Takes `n` IDs; see [`Client::next_ids`].
     pub fn next_ids(&self, n: usize) -> Result<Vec<u64>, Error> {
         self.block_on(self.client.next_ids(n))
+    }
+
+    /// Takes up to `max` IDs as verified ranges, blocking for a refill only if the buffer is
+    /// empty; see [`Client::lease_bulk`].
+    pub fn lease_bulk(&self, max: u64) -> Result<Vec<IdRange>, Error> {
+        let ranges = if max > 0 {
+            self.client.try_lease_bulk(max)
+        } else {
+            Vec::new()
+        };
+        if ranges.is_empty() {
+            self.block_on(self.client.lease_bulk(max))
+        } else {
+            Ok(ranges)
+        }
     }
 
     /// Takes up to `n` consecutive IDs; see [`Client::lease`].

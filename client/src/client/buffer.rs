@@ -93,6 +93,32 @@ impl Buffer {
         }
     }
 
+    /// Appends whole ranges (the last one cut) to `out`, oldest first, until `max` IDs are
+    /// taken or the buffer is empty; returns how many IDs were taken. One step per range of
+    /// up to a tick's IDs, however many IDs that is: the bulk consumer's path.
+    pub fn take_ranges(&mut self, out: &mut Vec<IdRange>, max: u64) -> u64 {
+        let mut taken = 0;
+        while taken < max {
+            let Some(block) = self.blocks.front_mut() else {
+                break;
+            };
+            // Blocks come from single ticks, so a block's size fits a LEASE count (u32).
+            let n = block.remaining().min(max - taken).min(u64::from(u32::MAX));
+            out.push(IdRange {
+                first: block.next,
+                count: n as u32,
+            });
+            block.next += n;
+            if block.next == block.end {
+                self.blocks.pop_front();
+            }
+            taken += n;
+        }
+        self.available -= taken;
+        self.drawn = self.drawn.wrapping_add(taken);
+        taken
+    }
+
     /// Takes `n` consecutive IDs from the oldest range that still has `n`, or nothing.
     pub fn take_range(&mut self, n: u32) -> Option<IdRange> {
         let want = u64::from(n);
@@ -238,6 +264,25 @@ mod tests {
         assert_eq!(b.take_range(3), None);
         assert_eq!(b.available(), 2);
         assert_eq!(b.pop(), Some(0));
+    }
+
+    #[test]
+    fn take_ranges_hands_out_whole_ranges_and_cuts_only_the_last() {
+        let now = Instant::now();
+        let mut b = Buffer::new();
+        b.push(block(0, 3, now));
+        b.push(block(50, 60, now));
+        b.push(block(100, 101, now));
+        let mut out = Vec::new();
+        assert_eq!(b.take_ranges(&mut out, 5), 5);
+        let range = |first, count| IdRange { first, count };
+        assert_eq!(out, [range(0, 3), range(50, 2)]);
+        assert_eq!((b.available(), b.drawn()), (9, 5));
+        out.clear();
+        assert_eq!(b.take_ranges(&mut out, u64::MAX), 9);
+        assert_eq!(out, [range(52, 8), range(100, 1)]);
+        assert_eq!(b.take_ranges(&mut out, 1), 0, "empty");
+        assert_eq!((b.available(), b.drawn(), b.pop()), (0, 14, None));
     }
 
     #[test]

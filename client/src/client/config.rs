@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::Error;
-use crate::wire::MAX_TOKEN_LEN;
+use crate::wire::{MAX_TOKEN_LEN, MAX_VERSION, VERSION};
 
 /// Port used when an endpoint names none: the server's default `--listen` port.
 pub const DEFAULT_PORT: u16 = 7609;
@@ -17,9 +17,13 @@ pub const DEFAULT_PORT: u16 = 7609;
 pub const DEFAULT_ADMIN_PORT: u16 = 7610;
 
 /// Default [`ClientConfig::buffer_capacity`]: 262,144 IDs. One worker issues at most 4,096
-/// IDs per millisecond (4.096 M/s), so this holds ~64 ms of a whole server's output: enough
-/// for the 50 ms refill horizon at the highest rate a single server can feed, and no more,
-/// because anything beyond that would only age toward `max_age` and be thrown away.
+/// IDs per millisecond (4.096 M/s), so this holds ~64 ms of a one-worker server's output:
+/// enough for the 50 ms refill horizon at the highest rate such a server can feed, and no
+/// more, because anything beyond that would only age toward `max_age` and be thrown away. A
+/// server holding several worker ids (`--workers-per-pod`) feeds more: the default still
+/// reaches a 4-worker server's 16.4 M IDs/s on loopback (measured with `tests/bulk.rs`), but
+/// a client drawing from many such servers at once should hold about 50 ms of its rate (see
+/// [`Client::lease_bulk`](super::Client::lease_bulk)).
 pub const DEFAULT_BUFFER_CAPACITY: u64 = 1 << 18;
 
 /// Default [`ClientConfig::low_water`]: 4,096 IDs, one maximal LEASE (a full tick). An idle
@@ -167,6 +171,7 @@ pub struct ClientConfig {
     pub(crate) backoff: Backoff,
     pub(crate) resolve_interval: Duration,
     pub(crate) token: Bytes,
+    pub(crate) protocol_version: u16,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<super::TlsOptions>,
 }
@@ -201,6 +206,7 @@ impl ClientConfig {
             backoff: Backoff::default(),
             resolve_interval: DEFAULT_RESOLVE_INTERVAL,
             token: Bytes::new(),
+            protocol_version: MAX_VERSION,
             #[cfg(feature = "tls")]
             tls: None,
         }
@@ -274,6 +280,22 @@ impl ClientConfig {
         self
     }
 
+    /// Highest protocol version offered in HELLO: 2 (the default) or 1.
+    ///
+    /// Version 2 lets the client ask with BULK_LEASE for many milliseconds' worth of IDs,
+    /// from every worker id a server process holds, in one round trip; it does so on its own
+    /// once its draw rate wants more than one LEASE (4,096 IDs) per connection per refill,
+    /// and keeps asking with LEASE below that. A server that speaks only version 1 answers
+    /// with a version-1 WELCOME and is used exactly as before, so the default works with
+    /// old and new servers alike. `protocol_version(1)` never sends BULK_LEASE: every
+    /// connection then draws from its server's home worker alone (at most 4.096 M IDs/s per
+    /// connection), one LEASE per millisecond's worth, as clients before version 2 did;
+    /// useful for comparing the two, or behind something that only passes version 1.
+    pub fn protocol_version(mut self, version: u16) -> Self {
+        self.protocol_version = version;
+        self
+    }
+
     /// Speak TLS to every endpoint. The certificate each server shows must chain to the
     /// configured CA and carry the endpoint's host name (or IP), unless
     /// [`TlsOptions::server_name`](super::TlsOptions::server_name) names another.
@@ -325,6 +347,12 @@ impl ClientConfig {
         }
         if self.backoff.max < self.backoff.initial {
             return bad("backoff.max must not be below backoff.initial".into());
+        }
+        if !(VERSION..=MAX_VERSION).contains(&self.protocol_version) {
+            return bad(format!(
+                "protocol_version must be {VERSION} to {MAX_VERSION}, got {}",
+                self.protocol_version
+            ));
         }
         if self.token.len() > MAX_TOKEN_LEN {
             return bad(format!(
@@ -445,6 +473,8 @@ mod tests {
             (base().max_in_flight(0), "max_in_flight"),
             (base().timeout(Duration::ZERO), "timeout must"),
             (base().token(vec![0u8; 256]), "token"),
+            (base().protocol_version(0), "protocol_version"),
+            (base().protocol_version(3), "protocol_version"),
             (
                 base().backoff(Backoff {
                     initial: Duration::from_secs(2),

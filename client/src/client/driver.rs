@@ -9,8 +9,9 @@
 //! 1. feeds what arrived to the engine (at most [`EVENT_BATCH`] events, so one refill
 //!    decision covers a burst of replies);
 //! 2. drops expired ranges from the buffer and hands the engine the buffer's level;
-//! 3. performs the engine's actions: spawns connection and resolver tasks, writes requests,
-//!    closes connections, pushes verified ranges into the buffer, answers direct leases, and
+//! 3. performs the engine's actions: spawns connection and resolver tasks, writes requests
+//!    (HELLO offers [`ClientConfig::protocol_version`]), closes connections, pushes verified
+//!    ranges into the buffer (a bulk reply's blocks under one lock), answers direct leases, and
 //!    publishes the layout, errors and the buffer's trigger in [`Shared`].
 //!
 //! Every decision (what to send where, when to reconnect or re-resolve, what to verify) is
@@ -39,7 +40,7 @@ use super::config::{ClientConfig, Target};
 use super::conn::{self, ConnEvent, ConnHandle, ConnParams};
 use super::shared::{lock, Command, DirectLease, Shared};
 use super::{Error, IdRange};
-use crate::wire::{Request, VERSION};
+use crate::wire::Request;
 pub(crate) use engine::ConnId;
 use engine::{Action, CallerId, Engine, Level};
 
@@ -106,7 +107,7 @@ impl Driver {
         Driver {
             engine: Engine::new(config.clone(), targets.clone(), now(), fastrand::u64(..)),
             hello: Request::Hello {
-                version: VERSION,
+                version: config.protocol_version,
                 token: config.token.clone(),
             },
             config,
@@ -248,6 +249,13 @@ impl Driver {
             Action::Resolve { endpoint, name } => self.resolve(endpoint, name),
             Action::Buffer(block) => {
                 self.shared.buffer().push(block);
+                self.delivered = true;
+            }
+            Action::BufferAll(blocks) => {
+                let mut buffer = self.shared.buffer();
+                for block in blocks {
+                    buffer.push(block);
+                }
                 self.delivered = true;
             }
             Action::Answer {

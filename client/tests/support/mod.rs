@@ -72,6 +72,8 @@ pub struct ServerProcess {
     child: Child,
     /// The lease port.
     pub addr: SocketAddr,
+    /// The admin (HTTP) port.
+    pub admin: SocketAddr,
     state_dir: PathBuf,
 }
 
@@ -81,6 +83,14 @@ impl ServerProcess {
     /// Starts `bin` as worker `worker_id` with one serving thread on loopback ports picked by
     /// the OS and a fresh state directory; `pin` runs it under `taskset -c <pin>`.
     pub fn start(bin: &PathBuf, worker_id: u16, pin: Option<&str>) -> ServerProcess {
+        let worker = worker_id.to_string();
+        ServerProcess::start_with(bin, &["--worker-id", &worker, "--threads", "1"], pin)
+    }
+
+    /// Starts `bin` with `args` (worker ids, threads, ...) on loopback ports picked by the OS
+    /// and a fresh state directory; `pin` runs it under `taskset -c <pin>` (which execs it,
+    /// so [`ServerProcess::pid`] is the server's).
+    pub fn start_with(bin: &PathBuf, args: &[&str], pin: Option<&str>) -> ServerProcess {
         let state_dir = std::env::temp_dir().join(format!(
             "snowlease-client-test-{}-{}",
             std::process::id(),
@@ -96,9 +106,8 @@ impl ServerProcess {
             None => Command::new(bin),
         };
         cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .args(["--log-format", "json", "--threads", "1"])
-            .arg("--worker-id")
-            .arg(worker_id.to_string())
+            .args(["--log-format", "json"])
+            .args(args)
             .arg("--state-dir")
             .arg(&state_dir)
             .env_remove("WORKER_ID")
@@ -120,6 +129,7 @@ impl ServerProcess {
         let mut server = ServerProcess {
             child,
             addr: unbound,
+            admin: unbound,
             state_dir,
         };
         let deadline = Instant::now() + START_TIMEOUT;
@@ -130,9 +140,40 @@ impl ServerProcess {
                 .expect("the server printed no `serving` line");
             if line.contains("\"serving\"") {
                 server.addr = json_string(&line, "lease_addr").parse().unwrap();
+                server.admin = json_string(&line, "admin_addr").parse().unwrap();
             }
         }
         server
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM: the server drains (GOAWAY to every connection) and exits.
+    pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Waits up to `limit` for the process to exit; returns whether it did.
+    pub fn wait_exit(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            // Signal 0 checks the process exists; a zombie (exited, not yet reaped) still
+            // does, so look at its state instead.
+            let state = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+                .unwrap_or_default();
+            let gone = state
+                .rfind(')')
+                .and_then(|i| state[i + 2..].chars().next())
+                .is_none_or(|c| c == 'Z' || c == 'X');
+            if gone {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
     }
 
     /// SIGSTOP: the process stops; its sockets stay open and the kernel still accepts
@@ -240,4 +281,58 @@ async fn pump(
             return;
         }
     }
+}
+
+/// The body of `GET path` on an admin port (HTTP/1.1, `Connection: close`).
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(START_TIMEOUT)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let body = text.find("\r\n\r\n").map_or(0, |i| i + 4);
+    text[body..].to_owned()
+}
+
+/// The value of the sample `name` (with its labels, e.g. `m{worker="1"}`) in Prometheus text,
+/// 0 if absent.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// User plus system CPU time of process `pid` so far, in seconds (`/proc/PID/stat`, fields 14
+/// and 15, in clock ticks of 1/100 s, which Linux fixes at 100 for user space).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The command name (field 2) may hold spaces; fields after it follow its closing ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
+/// On-CPU time of every thread of process `pid` so far, in seconds, from
+/// `/proc/PID/task/*/schedstat` (nanoseconds): the same time as [`cpu_seconds`] without its
+/// 10 ms granularity. Threads that ended are not counted.
+pub fn cpu_seconds_precise(pid: u32) -> f64 {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) {
+            ns += text
+                .split_whitespace()
+                .next()
+                .map_or(0, |v| v.parse().unwrap());
+        }
+    }
+    ns as f64 / 1e9
 }

@@ -3,7 +3,7 @@
 //! # Data flow
 //! ```text
 //!  shell (driver.rs)                     Engine                          shell
-//!  frame / close of conn X  --on_frame/on_closed-->  endpoints, slots,   --poll_action-->  connect, send LEASE,
+//!  frame / close of conn X  --on_frame/on_closed-->  endpoints, slots,   --poll_action-->  connect, send (BULK_)LEASE,
 //!  resolution of endpoint E --on_resolved-------->   outstanding LEASEs,                   close, resolve, buffer
 //!  caller's lease / gone    --on_lease/on_caller_gone->  direct leases,                     a range, answer a caller,
 //!  buffer level + now       --maintain----------->   rate, last ends                        publish layout/errors, arm
@@ -17,8 +17,9 @@
 //!
 //! The work is split by topic: `slots` (endpoints, addresses, resolving and connecting),
 //! `recheck` (early re-resolution after a loss), `replies` (applying frames), `refill`
-//! (timeouts, silence, choosing connections, sizing refills), `latency` (per-connection
-//! reply gaps).
+//! (timeouts, silence, choosing connections, sizing refills: a LEASE, or on a version-2
+//! connection a BULK_LEASE once the plan wants more than one LEASE from it), `latency`
+//! (per-connection reply gaps).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -59,6 +60,9 @@ pub(crate) enum Action {
     Resolve { endpoint: usize, name: String },
     /// Verified IDs for the shared buffer.
     Buffer(Block),
+    /// The blocks of one verified BULK_LEASED for the shared buffer, in order, pushed under
+    /// one lock.
+    BufferAll(Vec<Block>),
     /// Hand `range` to the caller of a direct lease; if it gave up, buffer `block` instead
     /// (the IDs are still good).
     Answer {
@@ -105,6 +109,9 @@ pub(crate) struct Engine {
     pub(super) last_end: HashMap<u16, u64>,
     pub(super) rate: RateEstimator,
     pub(super) drawn_seen: u64,
+    /// The draw rate (IDs/s) and the IDs on hand at the last refill pass.
+    pub(super) rate_seen: f64,
+    pub(super) available_seen: u64,
     pub(super) direct: VecDeque<Direct>,
     /// Where the search for a connection to load starts, so ties rotate.
     pub(super) cursor: usize,
@@ -133,6 +140,8 @@ impl Engine {
             last_end: HashMap::new(),
             rate: RateEstimator::new(now),
             drawn_seen: 0,
+            rate_seen: 0.0,
+            available_seen: 0,
             direct: VecDeque::new(),
             cursor: 0,
             layout: None,
@@ -231,9 +240,12 @@ impl Engine {
             .filter_map(Slot::conn)
             .filter(|c| !c.silent)
             .filter_map(|c| c.silent_at(cap));
+        // A drained connection can be asked again.
+        let holds = self.slots.iter().filter_map(|s| s.conn()?.drained_until);
         retries
             .chain(resolves)
             .chain(silences)
+            .chain(holds)
             .fold(self.next_tick, |a, b| a.min(b))
     }
 
@@ -251,6 +263,9 @@ impl Engine {
         else {
             return;
         };
+        // Unanswered requests consumed no IDs (protocol.md 5.7, 9.11): direct leases go to
+        // another server; the buffer's (LEASE or BULK_LEASE) are asked again by the next
+        // refill, which no longer counts them as on the way.
         for o in conn.outstanding.iter().rev() {
             if let Dest::Caller(caller) = o.dest {
                 self.direct.push_front(Direct {

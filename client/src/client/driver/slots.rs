@@ -1,5 +1,6 @@
 //! Servers as the driver tracks them: each configured endpoint, each address it resolves
-//! to (a [`Slot`]), and the connection on that address with its outstanding LEASEs.
+//! to (a [`Slot`]), and the connection on that address with its outstanding LEASEs and
+//! BULK_LEASEs.
 //!
 //! A slot is either live (a connection task exists) or waiting out a jittered backoff. A
 //! waiting slot whose time has come first asks its endpoint for a fresh resolution (names
@@ -18,6 +19,7 @@ use super::engine::{Action, CallerId, ConnId, Engine};
 use super::latency::Latency;
 use super::recheck::Recheck;
 use crate::client::config::Target;
+use crate::client::verify::Greeting;
 use crate::client::Error;
 
 /// A configured endpoint.
@@ -59,8 +61,8 @@ pub(super) enum SlotState {
 #[derive(Debug)]
 pub(super) struct Conn {
     pub(super) id: ConnId,
-    /// Set by the WELCOME: the server's worker id and largest LEASE.
-    pub(super) ready: Option<(u16, u32)>,
+    /// Set by the WELCOME: the version, the home worker, the worker set and the limits.
+    pub(super) ready: Option<Greeting>,
     /// GOAWAY reason: send nothing more, reconnect once the outstanding replies are in.
     pub(super) draining: Option<u16>,
     pub(super) outstanding: VecDeque<Outstanding>,
@@ -71,6 +73,11 @@ pub(super) struct Conn {
     pub(super) latency: Latency,
     /// Its silence was noticed (and acted on) and it has not answered since.
     pub(super) silent: bool,
+    /// After a BULK_LEASED that carried less than asked (every worker of the server was at
+    /// the end of its lead), refills skip this connection until then, so that the next
+    /// request finds milliseconds already open instead of waiting in the server for each
+    /// one (see `refill::bulk_hold`).
+    pub(super) drained_until: Option<Instant>,
 }
 
 impl Conn {
@@ -100,6 +107,8 @@ impl Conn {
 pub(super) struct Outstanding {
     pub(super) request_id: u32,
     pub(super) count: u32,
+    /// A BULK_LEASE (its runs always go to the buffer), not a LEASE.
+    pub(super) bulk: bool,
     pub(super) sent: Instant,
     pub(super) dest: Dest,
 }
@@ -244,6 +253,7 @@ impl Engine {
             heard: now,
             latency: Latency::default(),
             silent: false,
+            drained_until: None,
         });
         let (addr, endpoint) = (slot.addr, slot.endpoint);
         self.act(Action::Connect {

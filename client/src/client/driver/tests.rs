@@ -3,6 +3,7 @@
 //! on demand. Time is an `Instant` the test advances; nothing runs in the background.
 #![allow(clippy::unwrap_used)]
 
+mod bulk;
 mod dns;
 mod silence;
 
@@ -15,7 +16,7 @@ use crate::client::buffer::Buffer;
 use crate::client::config::ClientConfig;
 use crate::client::{Error, IdRange};
 use crate::layout::Layout;
-use crate::wire::{goaway, ErrorCode, Request, Response, Welcome};
+use crate::wire::{goaway, ErrorCode, Request, Response, Run, Welcome, WorkerSet, MAX_BULK};
 
 fn addr(text: &str) -> SocketAddr {
     text.parse().unwrap()
@@ -65,14 +66,25 @@ struct Harness {
     layout: Option<Layout>,
     /// Next tick each fake worker issues from, so every range is fresh and ascending.
     ticks: HashMap<u16, u64>,
+    /// Every request written, in order.
+    requests: Vec<(ConnId, Request)>,
 }
 
 #[derive(Debug, Default)]
 struct Conn {
     addr: Option<SocketAddr>,
     worker: Option<u16>,
+    /// The worker set of a version-2 WELCOME.
+    set: Option<WorkerSet>,
     written: VecDeque<(u32, u32)>,
+    /// Request ids in `written` that are BULK_LEASEs.
+    bulk: HashSet<u32>,
 }
+
+/// How many IDs one fake worker grants a BULK_LEASE at most: 16 ticks, as if a busy
+/// server's home worker had that much of its lead left, so large bulk leases take runs of
+/// several workers.
+const RUN_LIMIT: u32 = 65_536;
 
 impl Harness {
     fn new(config: ClientConfig) -> Harness {
@@ -99,6 +111,7 @@ impl Harness {
             fatal: None,
             layout: None,
             ticks: HashMap::new(),
+            requests: Vec::new(),
         }
     }
 
@@ -134,15 +147,22 @@ impl Harness {
                 };
                 self.conns.insert(conn, state);
             }
-            Action::Send { conn, request } => {
-                let Request::Lease { request_id, count } = request else {
-                    panic!("unexpected request {request:?}");
-                };
+            Action::Send { conn: id, request } => {
+                self.requests.push((id, request.clone()));
                 let conn = self
                     .conns
-                    .get_mut(&conn)
+                    .get_mut(&id)
                     .expect("send on a closed connection");
-                conn.written.push_back((request_id, count));
+                match request {
+                    Request::Lease { request_id, count } => {
+                        conn.written.push_back((request_id, count));
+                    }
+                    Request::BulkLease { request_id, count } => {
+                        conn.written.push_back((request_id, count));
+                        conn.bulk.insert(request_id);
+                    }
+                    other => panic!("unexpected request {other:?}"),
+                }
             }
             Action::Close { conn } => {
                 self.closed.push(conn);
@@ -155,6 +175,7 @@ impl Harness {
                 self.unanswered_resolves.push(endpoint);
             }
             Action::Buffer(block) => self.buffer.push(block),
+            Action::BufferAll(blocks) => blocks.into_iter().for_each(|b| self.buffer.push(b)),
             Action::Answer { caller, range, .. } => self.answers.push((caller, range)),
             Action::Layout(layout) => self.layout = Some(layout),
             Action::LastError(why) => self.last_error = Some(why),
@@ -232,6 +253,27 @@ impl Harness {
         self.frame(conn, Response::Welcome(welcome(worker)));
     }
 
+    /// A version-2 WELCOME: home worker `worker` of the set `first..first + count`.
+    fn welcome_v2(&mut self, conn: ConnId, worker: u16, first: u16, count: u16) {
+        let set = WorkerSet {
+            first_worker: first,
+            worker_count: count,
+            max_bulk: MAX_BULK,
+        };
+        let c = self.conns.get_mut(&conn).unwrap();
+        c.worker = Some(worker);
+        c.set = Some(set);
+        let mut w = welcome(worker);
+        w.version = 2;
+        self.frame(
+            conn,
+            Response::WelcomeV2 {
+                welcome: w,
+                workers: set,
+            },
+        );
+    }
+
     /// The connection's end as its task reports it.
     fn close(&mut self, conn: ConnId) {
         let addr = self.conns[&conn].addr.unwrap();
@@ -240,11 +282,15 @@ impl Harness {
         self.drain();
     }
 
-    /// A correct LEASED for the oldest request written on `conn`.
+    /// A correct LEASED (or BULK_LEASED) for the oldest request written on `conn`.
     fn good_reply(&mut self, conn: ConnId) -> Response {
         let c = self.conns.get_mut(&conn).unwrap();
         let (request_id, count) = c.written.pop_front().expect("nothing to answer");
         let worker = c.worker.unwrap();
+        if c.bulk.remove(&request_id) {
+            let set = c.set.expect("BULK_LEASE on a version-1 connection");
+            return self.bulk_reply(request_id, count, worker, set);
+        }
         let tick = self.ticks.entry(worker).or_insert(1_000_000);
         *tick += 1;
         Response::Leased {
@@ -252,6 +298,38 @@ impl Harness {
             first_id: Layout::DEFAULT.compose(*tick, worker, 0),
             count,
         }
+    }
+
+    /// Runs like a server's: from the home worker first, then the others of the set, each
+    /// worker at most [`RUN_LIMIT`] IDs from a fresh tick.
+    fn bulk_reply(&mut self, request_id: u32, count: u32, home: u16, set: WorkerSet) -> Response {
+        let mut left = count;
+        let mut runs = Vec::new();
+        for i in 0..set.worker_count {
+            if left == 0 {
+                break;
+            }
+            let worker = set.first_worker + (home - set.first_worker + i) % set.worker_count;
+            let take = left.min(RUN_LIMIT);
+            let tick = self.ticks.entry(worker).or_insert(1_000_000);
+            *tick += 1;
+            runs.push(Run {
+                first_id: Layout::DEFAULT.compose(*tick, worker, 0),
+                count: take,
+            });
+            *tick += u64::from(take.div_ceil(4096)) - 1;
+            left -= take;
+        }
+        Response::BulkLeased { request_id, runs }
+    }
+
+    /// How many LEASEs and BULK_LEASEs were written from request number `from` on.
+    fn kinds_since(&self, from: usize) -> (usize, usize) {
+        let bulk = self.requests[from..]
+            .iter()
+            .filter(|(_, r)| matches!(r, Request::BulkLease { .. }))
+            .count();
+        (self.requests.len() - from - bulk, bulk)
     }
 
     /// Answers the `n` oldest requests on `conn` correctly, each with a pass after it.
