@@ -23,7 +23,7 @@
 #
 # Usage: kube/simulate.sh [--quick] [--faults] [--partition] [--scale] [--rows LIST]
 #                         [--duration S] [--json FILE] [--md FILE] [--artifacts DIR]
-#                         [--require-goals]
+#                         [--perf DIR] [--require-goals]
 #                         [--server-bin P] [--snowcat P] [--bench P]
 #   (no scenario flag)  every scenario, every row
 #   --quick        CI: faults, a short partition, rows 4, 32 and 32svc for 4 s each
@@ -34,6 +34,8 @@
 #   --json FILE    the scale rows as a JSON array, one object per row
 #   --md FILE      the tables (markdown) written here too (they always go to stdout)
 #   --artifacts DIR  keep the loads' JSON reports, the snapshots and the event logs there
+#   --perf DIR     record each scale row's window with `perf record -a -g` into DIR/ROW.data,
+#                  and summarise it (by CPU, by command, by symbol) in DIR/ROW.txt
 #   --require-goals  exit 1 when a row misses its throughput goal (default: report it; only
 #                  correctness fails the run, since throughput on a shared machine is no test)
 #   Binaries default to a release build of the workspace (CARGO_TARGET_DIR respected); the server
@@ -52,6 +54,7 @@ DURATION=
 JSON_OUT=
 MD_OUT=
 ARTIFACTS=
+PERF_DIR=
 REQUIRE_GOALS=0
 SERVER=
 SNOWCAT=
@@ -67,11 +70,12 @@ while [[ $# -gt 0 ]]; do
         --json) JSON_OUT=$(realpath -m "$2"); shift 2 ;;
         --md) MD_OUT=$(realpath -m "$2"); shift 2 ;;
         --artifacts) ARTIFACTS=$(realpath -m "$2"); shift 2 ;;
+        --perf) PERF_DIR=$(realpath -m "$2"); mkdir -p "$PERF_DIR"; shift 2 ;;
         --require-goals) REQUIRE_GOALS=1; shift ;;
         --server-bin) SERVER=$2; shift 2 ;;
         --snowcat) SNOWCAT=$2; shift 2 ;;
         --bench) BENCH=$2; shift 2 ;;
-        -h|--help) sed -n '2,42p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,44p' "$0"; exit 0 ;;
         *) echo "simulate.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -94,6 +98,11 @@ declare -A ROW_K=([4]=1 [32]=1 [32svc]=1 [1024x32]=32 [256]=1 [1024]=1)
 declare -A ROW_NODES=([4]=2 [32]=4 [32svc]=4 [1024x32]=4 [256]=8 [1024]=32)
 declare -A ROW_GOAL=([4]=0.99 [32]=0.99 [32svc]=- [1024x32]=0.99 [256]=0.90 [1024]=-)
 declare -A ROW_VIA=([4]=headless [32]=headless [32svc]=service [1024x32]=headless [256]=headless [1024]=headless)
+# The client's buffer in milliseconds of the ceiling (sim-load --buffer-ms). 50 ms is what the
+# client's docs advise. At 1,024 pods every refill waits for 1,024 servers taking turns on one
+# core, so more IDs must come per round trip: measured on 1,024 x 1, 50 ms gave 45.8 % of the
+# ceiling, 200 ms 66.1 %, 400 ms 65.5 % (both cores busy from 200 ms on).
+declare -A ROW_BUFFER_MS=([4]=50 [32]=50 [32svc]=50 [1024x32]=50 [256]=50 [1024]=200)
 for row in $ROWS; do
     [[ -n ${ROW_PODS[$row]:-} ]] || { echo "simulate.sh: unknown row $row (4 32 32svc 1024x32 256 1024)" >&2; exit 2; }
 done
@@ -774,15 +783,30 @@ scale_row() {
         addr="$HEADLESS:7609"
         args=(--warmup-max "$warm")
     fi
+    args+=(--buffer-ms "${ROW_BUFFER_MS[$row]}")
     run_load "row$row" "$addr" "$workers" "$DURATION" "${args[@]}"
     pid=$LOAD_PID
     wait_ready "row$row" "$pid" $(( warm + 60 ))
+    # The client's own CPU time comes from its report: it may exit right at the window's end.
     report_py snapshot "$WORK/row$row-before.json" --pids-file "$WORK/server.pids" \
-        --pid "client=$pid" --pid "controller=$CONTROLLER_PID"
-    sleep "$DURATION"
+        --pid "controller=$CONTROLLER_PID"
+    if [[ -n $PERF_DIR ]]; then
+        # cpu-clock: in a VM without a PMU the default event samples one CPU only.
+        perf record -a -g -e cpu-clock -F 199 -o "$PERF_DIR/row$row.data" -- sleep "$DURATION" \
+            >"$WORK/logs/perf-$row.log" 2>&1 || log "perf record failed: $(tail -n 1 "$WORK/logs/perf-$row.log")"
+    else
+        sleep "$DURATION"
+    fi
     report_py snapshot "$WORK/row$row-after.json" --pids-file "$WORK/server.pids" \
-        --pid "client=$pid" --pid "controller=$CONTROLLER_PID"
+        --pid "controller=$CONTROLLER_PID"
     wait_load "row$row" "$pid" 60 || return 0
+    if [[ -n $PERF_DIR && -s $PERF_DIR/row$row.data ]]; then
+        for sort in cpu comm dso,sym; do
+            echo "## perf report --sort $sort"
+            perf report -i "$PERF_DIR/row$row.data" --stdio --no-children --sort "$sort" -g none \
+                2>/dev/null | grep -v -e '^#' -e '^$' | head -n 30
+        done >"$PERF_DIR/row$row.txt"
+    fi
     [[ $goal == - ]] || goal_args=(--goal "$goal")
     local mem_args=()
     [[ $SETUP_S == reused ]] || mem_args=(--setup-s "$SETUP_S" --ready-s "$READY_S" \

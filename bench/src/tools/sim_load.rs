@@ -399,10 +399,9 @@ struct TaskOutcome {
     error_kinds: BTreeMap<String, u64>,
 }
 
-/// Ranges from one call. The version-1 client hands out one range per `lease`.
+/// Ranges from one call: everything buffered, up to `max` IDs ([`Client::lease_bulk`]).
 async fn take(client: &Client, max: u64) -> Result<Vec<IdRange>, Error> {
-    let n = u32::try_from(max).unwrap_or(u32::MAX);
-    client.lease(n).await.map(|r| vec![r])
+    client.lease_bulk(max).await
 }
 
 /// Pause after a failed call, so a failing client is not spun on: a guess, harmless because
