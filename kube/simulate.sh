@@ -539,8 +539,8 @@ expect_workers() {
 
 # worker_of ID: the worker field of an ID, decoded by snowcat with the default layout.
 worker_of() {
-    local id time word worker
-    read -r id time word worker _ <<<"$("$SNOWCAT" decode "$1")"
+    local word worker
+    read -r _ _ word worker _ <<<"$("$SNOWCAT" decode "$1")"
     [[ $word == worker ]] || die "snowcat decode $1 printed an unexpected line"
     echo "$worker"
 }

@@ -18,14 +18,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use snowlease::client::Backoff;
 use snowlease::codec::ServerCodec;
 use snowlease::layout::unix_ms_now;
 use snowlease::wire::{Request, Response, Run, Welcome, WorkerSet, MAX_BULK};
 use snowlease::{BlockingClient, Client, ClientConfig, Error, IdRange, Layout};
 use snowlease_server::{RunningServer, ServerConfig};
 use support::{
-    cpu_seconds, cpu_seconds_precise, http_get, metric, server_binary_or_skip, ServerProcess,
+    cpu_seconds, cpu_seconds_precise, http_get, metric, quick, server_binary_or_skip, ServerProcess,
 };
 use tokio::net::TcpListener;
 use tokio_util::codec::Framed;
@@ -38,16 +37,6 @@ fn four_workers(first: u16) -> RunningServer {
     let mut config = ServerConfig::for_tests(first);
     config.worker_count = 4;
     snowlease_server::start(config).unwrap()
-}
-
-/// Short timeouts and backoff so failure paths finish quickly.
-fn quick(endpoints: impl IntoIterator<Item = String>) -> ClientConfig {
-    ClientConfig::new(endpoints)
-        .timeout(Duration::from_secs(5))
-        .backoff(Backoff {
-            initial: Duration::from_millis(10),
-            max: Duration::from_millis(100),
-        })
 }
 
 async fn stop(server: RunningServer) {

@@ -2,6 +2,8 @@
 //! against small fake servers that break the protocol on purpose.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -9,27 +11,18 @@ use std::thread;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use snowlease::client::{Backoff, Violation};
+use snowlease::client::Violation;
 use snowlease::codec::ServerCodec;
 use snowlease::layout::unix_ms_now;
 use snowlease::wire::{Request, Response, Welcome};
 use snowlease::{BlockingClient, Client, ClientConfig, Error, Layout};
 use snowlease_server::{RunningServer, ServerConfig};
+use support::quick;
 use tokio::net::TcpListener;
 use tokio_util::codec::Framed;
 
 fn server(worker_id: u16) -> RunningServer {
     snowlease_server::start(ServerConfig::for_tests(worker_id)).unwrap()
-}
-
-/// Short timeouts and backoff so failure paths finish quickly.
-fn quick(endpoints: impl IntoIterator<Item = String>) -> ClientConfig {
-    ClientConfig::new(endpoints)
-        .timeout(Duration::from_secs(5))
-        .backoff(Backoff {
-            initial: Duration::from_millis(10),
-            max: Duration::from_millis(100),
-        })
 }
 
 fn assert_unique(mut ids: Vec<u64>) {

@@ -17,6 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use snowlease::client::Backoff;
+use snowlease::ClientConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -335,4 +337,14 @@ pub fn cpu_seconds_precise(pid: u32) -> f64 {
         }
     }
     ns as f64 / 1e9
+}
+
+/// Short timeouts and backoff so failure paths finish quickly.
+pub fn quick(endpoints: impl IntoIterator<Item = String>) -> ClientConfig {
+    ClientConfig::new(endpoints)
+        .timeout(Duration::from_secs(5))
+        .backoff(Backoff {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(100),
+        })
 }
