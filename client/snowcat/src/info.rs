@@ -158,16 +158,7 @@ mod tests {
     use super::*;
 
     fn welcome() -> Welcome {
-        Welcome {
-            version: 1,
-            worker_id: 3,
-            epoch_unix_ms: 1_704_067_200_000,
-            timestamp_bits: 41,
-            worker_bits: 10,
-            sequence_bits: 12,
-            max_lease: 4096,
-            server_unix_ms: 1_704_067_201_000,
-        }
+        crate::format::welcome_of(&snowlease::Layout::DEFAULT, 3, 1_704_067_201_000)
     }
 
     #[test]
