@@ -261,10 +261,12 @@ def encode(frame: Frame) -> bytes:
     (a token over 255 bytes, more than 84 runs). An ERROR message over 1,015 bytes is cut at a
     character boundary, as the server does.
     """
-    if isinstance(frame, Lease):
-        _check("LEASE", "request_id", frame.request_id, _U32)
-        _check("LEASE", "count", frame.count, _U32)
-        return _header(8, Opcode.LEASE) + struct.pack(">II", frame.request_id, frame.count)
+    if isinstance(frame, (Lease, BulkLease)):
+        name, op = ("LEASE", Opcode.LEASE) if isinstance(frame, Lease) else (
+            "BULK_LEASE", Opcode.BULK_LEASE)
+        _check(name, "request_id", frame.request_id, _U32)
+        _check(name, "count", frame.count, _U32)
+        return _header(8, op) + struct.pack(">II", frame.request_id, frame.count)
     if isinstance(frame, Leased):
         _check("LEASED", "request_id", frame.request_id, _U32)
         _check("LEASED", "first_id", frame.first_id, _U64)
@@ -284,10 +286,6 @@ def encode(frame: Frame) -> bytes:
         name, op = ("PING", Opcode.PING) if isinstance(frame, Ping) else ("PONG", Opcode.PONG)
         _check(name, "nonce", frame.nonce, _U64)
         return _header(8, op) + struct.pack(">Q", frame.nonce)
-    if isinstance(frame, BulkLease):
-        _check("BULK_LEASE", "request_id", frame.request_id, _U32)
-        _check("BULK_LEASE", "count", frame.count, _U32)
-        return _header(8, Opcode.BULK_LEASE) + struct.pack(">II", frame.request_id, frame.count)
     if isinstance(frame, Welcome):
         return _encode_welcome(frame)
     if isinstance(frame, BulkLeased):
