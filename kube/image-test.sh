@@ -12,8 +12,8 @@
 set -euo pipefail
 
 KUBE_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(cd "$KUBE_DIR/.." && pwd)
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+# shellcheck source=lib.sh
+source "$KUBE_DIR/lib.sh" image-test
 IMAGE=snowlease-server:0.1.0
 WORKER=7
 STATIC_BIN=
@@ -22,47 +22,35 @@ while [[ $# -gt 0 ]]; do
     case $1 in
         --static-bin) STATIC_BIN=$2; shift 2 ;;
         --snowcat) SNOWCAT=$2; shift 2 ;;
-        -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { print }' "$0"; exit 0 ;;
+        -h|--help) print_help; exit 0 ;;
         *) echo "image-test.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
 
-WORK=$(mktemp -d /tmp/snowlease-image.XXXXXX)
+make_work_dir image
 SOCK=$WORK/docker.sock
 DOCKERD_PID=
 CONTAINER=snowlease-image-test-$$
-log() { echo "[image-test $(date +%T)] $*"; }
 
-cleanup() {
-    local rc=$?
-    set +e
+teardown() {
     if [[ -n $DOCKERD_PID ]]; then
         timeout 20 "$DOCKER" -H "unix://$SOCK" rm -f "$CONTAINER" >/dev/null 2>&1
-        kill -TERM "$DOCKERD_PID" 2>/dev/null
-        for _ in $(seq 1 100); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.2; done
-        kill -KILL "$DOCKERD_PID" 2>/dev/null
-        wait "$DOCKERD_PID" 2>/dev/null
+        stop_pids 100 0.2 "$DOCKERD_PID"
     fi
-    # dockerd leaves its netns bind mount (and, if killed, overlay mounts) behind: unmount
-    # everything under the temp dir, deepest first, before deleting it.
-    awk -v w="$WORK" 'index($2, w) == 1 { print $2 }' /proc/mounts | sort -r | while read -r m; do
-        umount "$m" 2>/dev/null || umount -l "$m"
-    done
-    rm -rf "$WORK"
-    exit "$rc"
+    # dockerd leaves its netns bind mount (and, if killed, overlay mounts) behind.
+    unmount_under "$WORK"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 install_docker() {
     if ! command -v dockerd >/dev/null || [[ ! -x /usr/bin/docker ]]; then
         log "installing docker.io from Debian"
-        timeout 300 apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq docker.io >/dev/null
+        apt_install docker.io
     fi
     # Debian's CLI: it builds with BuildKit without the buildx plugin.
     DOCKER=/usr/bin/docker
 }
+
+docker_up() { timeout 5 "$DOCKER" -H "unix://$SOCK" info >/dev/null 2>&1; }
 
 start_dockerd() {
     log "starting a private dockerd (bridge none, no iptables) in $WORK"
@@ -70,11 +58,7 @@ start_dockerd() {
         --userland-proxy=false --data-root "$WORK/data" --exec-root "$WORK/exec" \
         -H "unix://$SOCK" -p "$WORK/docker.pid" >"$WORK/dockerd.log" 2>&1 &
     DOCKERD_PID=$!
-    for _ in $(seq 1 120); do
-        if timeout 5 "$DOCKER" -H "unix://$SOCK" info >/dev/null 2>&1; then return; fi
-        kill -0 "$DOCKERD_PID" 2>/dev/null || break
-        sleep 0.5
-    done
+    if wait_for 120 0.5 "$DOCKERD_PID" docker_up; then return; fi
     tail -20 "$WORK/dockerd.log"
     echo "image-test.sh: dockerd did not come up within 60 s" >&2
     exit 1
@@ -109,10 +93,6 @@ build_image() {
         || { echo "image-test.sh: the archive does not name $IMAGE" >&2; exit 1; }
 }
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 run_container() {
     LEASE_PORT=$(free_port)
     ADMIN_PORT=$(free_port)
@@ -126,13 +106,10 @@ run_container() {
         -e POD_NAME=snowlease-$WORKER -e SNOWLEASE_STATE_DIR=/var/lib/snowlease \
         -e SNOWLEASE_LOG_FORMAT=json -e SNOWLEASE_DRAIN_TIMEOUT_MS=10000 \
         "$IMAGE" --listen "127.0.0.1:$LEASE_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" >/dev/null
-    for _ in $(seq 1 100); do
-        if curl -fsS -m 1 "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null 2>&1; then
-            log "ready: /readyz answers 200"
-            return
-        fi
-        sleep 0.2
-    done
+    if wait_for 100 0.2 "" answers "http://127.0.0.1:$ADMIN_PORT/readyz"; then
+        log "ready: /readyz answers 200"
+        return
+    fi
     timeout 10 "$DOCKER" -H "unix://$SOCK" logs "$CONTAINER" 2>&1 | tail -20
     echo "image-test.sh: the container was not ready within 20 s" >&2
     exit 1

@@ -19,88 +19,46 @@
 set -euo pipefail
 
 KUBE_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(cd "$KUBE_DIR/.." && pwd)
-SERVER_BIN=${SNOWLEASE_SERVER_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/snowlease-server}
+# shellcheck source=lib.sh
+source "$KUBE_DIR/lib.sh" monitoring-test
+SERVER_BIN=${SNOWLEASE_SERVER_BIN:-$TARGET_DIR/release/snowlease-server}
 BENCH=
 while [[ $# -gt 0 ]]; do
     case $1 in
         --server-bin) SERVER_BIN=$2; shift 2 ;;
         --bench) BENCH=$2; shift 2 ;;
-        -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { print }' "$0"; exit 0 ;;
+        -h|--help) print_help; exit 0 ;;
         *) echo "monitoring-test.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
 BENCH=${BENCH:-$(dirname "$SERVER_BIN")/snowlease-bench}
-for bin in "$SERVER_BIN" "$BENCH"; do
-    [[ -x $bin ]] || { echo "monitoring-test.sh: $bin is not an executable (see --help)" >&2; exit 2; }
-done
+need_executables "$SERVER_BIN" "$BENCH"
 
-WORK=$(mktemp -d /tmp/snowlease-monitoring.XXXXXX)
-PIDS=()
+make_work_dir monitoring
 STARTED=$(date +%s)
-log() { echo "[monitoring-test $(date +%T)] $*"; }
-cleanup() {
-    local rc=$? pid
-    set +e
-    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null
-    done
-    if [[ $rc -ne 0 ]]; then
+teardown() {
+    stop_pids 100 0.1 "${PIDS[@]}"
+    if [[ $1 -ne 0 ]]; then
         echo "--- server log (last 5 lines)"; tail -5 "$WORK/server.log" 2>/dev/null
         echo "--- prometheus log (last 10 lines)"; tail -10 "$WORK/prometheus.log" 2>/dev/null
     fi
-    rm -rf "$WORK"
-    exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-fail() { echo "monitoring-test.sh: FAIL $*" >&2; exit 1; }
 check() { python3 "$KUBE_DIR/monitoring_check.py" "$@"; }
 
 ensure_prometheus() {
     if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
         log "installing prometheus (and promtool) from Debian"
-        timeout 300 apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq prometheus >/dev/null
+        apt_install prometheus
     fi
     python3 -c 'import yaml' 2>/dev/null || timeout 300 python3 -m pip install -q pyyaml
     log "$(prometheus --version 2>&1 | head -1)"
 }
 
-# serving_addrs LOG: "LEASE ADMIN" from the JSON serving line (fields flat or under "fields").
-serving_addrs() {
-    python3 - "$1" <<'EOF'
-import json, sys
-for line in open(sys.argv[1], errors="replace"):
-    try:
-        rec = json.loads(line)
-    except ValueError:
-        continue
-    fields = {**rec, **(rec.get("fields") or {})}
-    if fields.get("message") == "serving":
-        print(fields["lease_addr"], fields["admin_addr"])
-        break
-EOF
-}
-
-start_server() {
-    mkdir -p "$WORK/state"
-    "$SERVER_BIN" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --log-format json \
-        --worker-id 3 --threads 1 --state-dir "$WORK/state" 2>"$WORK/server.log" &
-    PIDS+=($!)
-    local addrs=
-    for _ in $(seq 1 100); do
-        addrs=$(serving_addrs "$WORK/server.log")
-        [[ -n $addrs ]] && break
-        kill -0 "${PIDS[0]}" 2>/dev/null || fail "the server exited at start"
-        sleep 0.1
-    done
-    [[ -n $addrs ]] || fail "no serving line from the server within 10 s"
-    read -r LEASE ADMIN <<<"$addrs"
-    log "server $SERVER_BIN: lease $LEASE, admin $ADMIN"
+# Prometheus's port (it was given port 0), read back from the kernel's socket table, once
+# /-/ready answers on it.
+prometheus_ready() {
+    PROM_PORT=$(ss -Hltnp 2>/dev/null | awk -v p="pid=$1," 'index($0, p) { split($4, a, ":"); print a[length(a)]; exit }')
+    [[ -n $PROM_PORT ]] && answers "http://127.0.0.1:$PROM_PORT/-/ready"
 }
 
 start_prometheus() {
@@ -120,18 +78,13 @@ scrape_configs:
 EOF
     prometheus --config.file="$WORK/prometheus.yml" --storage.tsdb.path="$WORK/tsdb" \
         --web.listen-address=127.0.0.1:0 --log.level=warn >"$WORK/prometheus.log" 2>&1 &
-    local pid=$! port=
+    local pid=$!
     PIDS+=("$pid")
-    # Port 0: read the port Prometheus got back from the kernel's socket table.
-    for _ in $(seq 1 200); do
-        port=$(ss -Hltnp 2>/dev/null | awk -v p="pid=$pid," 'index($0, p) { split($4, a, ":"); print a[length(a)]; exit }')
-        [[ -n $port ]] && curl -fsS -m 1 "http://127.0.0.1:$port/-/ready" >/dev/null 2>&1 && break
-        kill -0 "$pid" 2>/dev/null || fail "prometheus exited at start"
-        port=
-        sleep 0.1
-    done
-    [[ -n $port ]] || fail "prometheus was not ready within 20 s"
-    PROM=http://127.0.0.1:$port
+    if ! wait_for 200 0.1 "$pid" prometheus_ready "$pid"; then
+        gone "$pid" && fail "prometheus exited at start"
+        fail "prometheus was not ready within 20 s"
+    fi
+    PROM=http://127.0.0.1:$PROM_PORT
     log "prometheus on $PROM, scraping $ADMIN every second"
 }
 
@@ -144,7 +97,8 @@ load() {
 }
 
 ensure_prometheus
-start_server
+start_server 3
+log "server $SERVER_BIN: lease $LEASE, admin $ADMIN"
 start_prometheus
 check wait "$PROM" 'up{job="snowlease"} == 1' 60 || fail "Prometheus did not scrape the server within 60 s"
 log "first scrape: up == 1"

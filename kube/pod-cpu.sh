@@ -14,8 +14,9 @@
 set -euo pipefail
 
 KUBE_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(cd "$KUBE_DIR/.." && pwd)
-SERVER_BIN=${SNOWLEASE_SERVER_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/snowlease-server}
+# shellcheck source=lib.sh
+source "$KUBE_DIR/lib.sh" pod-cpu
+SERVER_BIN=${SNOWLEASE_SERVER_BIN:-$TARGET_DIR/release/snowlease-server}
 BENCH=
 DURATION=10
 BATCH=4096
@@ -27,32 +28,16 @@ while [[ $# -gt 0 ]]; do
         --duration) DURATION=$2; shift 2 ;;
         --mode) MODES=("$2"); shift 2 ;;
         --batch) BATCH=$2; shift 2 ;;
-        -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { print }' "$0"; exit 0 ;;
+        -h|--help) print_help; exit 0 ;;
         *) echo "pod-cpu.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
 BENCH=${BENCH:-$(dirname "$SERVER_BIN")/snowlease-bench}
-for bin in "$SERVER_BIN" "$BENCH"; do
-    [[ -x $bin ]] || { echo "pod-cpu.sh: $bin is not an executable (see --help)" >&2; exit 2; }
-done
+need_executables "$SERVER_BIN" "$BENCH"
 [[ $(nproc) -ge 2 ]] || { echo "pod-cpu.sh: needs 2 CPUs (server on 0, load on 1)" >&2; exit 2; }
 
-WORK=$(mktemp -d /tmp/snowlease-podcpu.XXXXXX)
-SERVER_PID=
-cleanup() {
-    local rc=$?
-    set +e
-    if [[ -n $SERVER_PID ]]; then
-        kill -TERM "$SERVER_PID" 2>/dev/null
-        for _ in $(seq 1 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$SERVER_PID" 2>/dev/null
-        wait "$SERVER_PID" 2>/dev/null
-    fi
-    rm -rf "$WORK"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+make_work_dir podcpu
+teardown() { stop_pids 100 0.1 "${PIDS[@]}"; }
 
 CLK_TCK=$(getconf CLK_TCK)
 # utime + stime of the server in clock ticks (fields 14 and 15 of /proc/PID/stat, counted after
@@ -60,33 +45,6 @@ CLK_TCK=$(getconf CLK_TCK)
 cpu_ticks() { awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$SERVER_PID/stat"; }
 hwm_kib() { awk '/^VmHWM:/ { print $2 }' "/proc/$SERVER_PID/status"; }
 ids_issued() { curl -fsS -m 2 "http://$ADMIN/metrics" | awk '/^snowlease_ids_issued_total/ { s += $2 } END { print s + 0 }'; }
-
-start_server() {
-    mkdir -p "$WORK/state"
-    taskset -c 0 "$SERVER_BIN" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --log-format json \
-        --worker-id 1 --threads 1 --state-dir "$WORK/state" 2>"$WORK/server.log" &
-    SERVER_PID=$!
-    local _
-    for _ in $(seq 1 100); do
-        if grep -q '"serving"' "$WORK/server.log" 2>/dev/null; then break; fi
-        kill -0 "$SERVER_PID" 2>/dev/null || { cat "$WORK/server.log" >&2; exit 1; }
-        sleep 0.1
-    done
-    read -r LEASE ADMIN < <(python3 - "$WORK/server.log" <<'EOF'
-import json, sys
-for line in open(sys.argv[1]):
-    try:
-        rec = json.loads(line)
-    except ValueError:
-        continue
-    fields = {**rec, **rec.get("fields", {})}
-    if fields.get("message") == "serving":
-        print(fields["lease_addr"], fields["admin_addr"])
-        break
-EOF
-)
-    [[ -n ${ADMIN:-} ]] || { echo "pod-cpu.sh: no serving line within 10 s" >&2; exit 1; }
-}
 
 measure() {
     local mode=$1 args t0 t1 c0 c1 i0 i1
@@ -112,7 +70,7 @@ EOF
     grep -E '^(IDs/s|errors)' "$WORK/bench-$mode.txt" | sed 's/^/        bench: /'
 }
 
-start_server
+start_server 1 taskset -c 0
 echo "server $SERVER_BIN (1 thread, CPU 0), bench $BENCH (CPU 1), $DURATION s per mode"
 # Idle baseline: two seconds of no traffic (a measurement window, not a synchronisation).
 c0=$(cpu_ticks)

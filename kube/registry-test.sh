@@ -15,39 +15,26 @@
 set -euo pipefail
 
 KUBE_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib.sh
+source "$KUBE_DIR/lib.sh" registry-test
 STATIC_BIN=
 IMAGE=snowlease-server:0.1.0
 while [[ $# -gt 0 ]]; do
     case $1 in
         --static-bin) STATIC_BIN=$2; shift 2 ;;
-        -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { print }' "$0"; exit 0 ;;
+        -h|--help) print_help; exit 0 ;;
         *) echo "registry-test.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
 
-WORK=$(mktemp -d /tmp/snowlease-registry.XXXXXX)
+make_work_dir registry
 REGISTRY_PID=
-log() { echo "[registry-test $(date +%T)] $*"; }
-cleanup() {
-    local rc=$?
-    set +e
-    if [[ -n $REGISTRY_PID ]]; then
-        kill -TERM "$REGISTRY_PID" 2>/dev/null
-        for _ in $(seq 1 50); do kill -0 "$REGISTRY_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$REGISTRY_PID" 2>/dev/null
-        wait "$REGISTRY_PID" 2>/dev/null
-    fi
+teardown() {
+    [[ -z $REGISTRY_PID ]] || stop_pids 50 0.1 "$REGISTRY_PID"
     # buildah's vfs store may hold read-only directories and (rarely) mounts.
-    awk -v w="$WORK" 'index($2, w) == 1 { print $2 }' /proc/mounts | sort -r | while read -r m; do
-        umount "$m" 2>/dev/null || umount -l "$m"
-    done
+    unmount_under "$WORK"
     chmod -R u+w "$WORK" 2>/dev/null
-    rm -rf "$WORK"
-    exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-fail() { echo "registry-test.sh: FAIL $*" >&2; exit 1; }
 
 install_tools() {
     local need=()
@@ -56,13 +43,8 @@ install_tools() {
     command -v docker-registry >/dev/null || need+=(docker-registry)
     if [[ ${#need[@]} -gt 0 ]]; then
         log "installing ${need[*]} from Debian"
-        timeout 300 apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq "${need[@]}" >/dev/null
+        apt_install "${need[@]}"
     fi
-}
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 start_registry() {
@@ -81,14 +63,10 @@ http:
 EOF
     docker-registry serve "$WORK/registry.yml" >"$WORK/registry.log" 2>&1 &
     REGISTRY_PID=$!
-    for _ in $(seq 1 100); do
-        if curl -fsS -m 1 "http://127.0.0.1:$PORT/v2/" >/dev/null 2>&1; then
-            log "docker-registry $(docker-registry --version | awk '{print $NF}') on 127.0.0.1:$PORT"
-            return
-        fi
-        kill -0 "$REGISTRY_PID" 2>/dev/null || break
-        sleep 0.1
-    done
+    if wait_for 100 0.1 "$REGISTRY_PID" answers "http://127.0.0.1:$PORT/v2/"; then
+        log "docker-registry $(docker-registry --version | awk '{print $NF}') on 127.0.0.1:$PORT"
+        return
+    fi
     cat "$WORK/registry.log" >&2
     fail "the registry did not answer /v2/ within 10 s"
 }
@@ -99,7 +77,7 @@ build_and_push() {
     [[ -n $STATIC_BIN ]] && args+=(--static-bin "$STATIC_BIN")
     "$KUBE_DIR/image-build.sh" "${args[@]}" | tee "$WORK/build.log"
     if [[ -z $STATIC_BIN ]]; then
-        STATIC_BIN=${CARGO_TARGET_DIR:-$KUBE_DIR/../target}/x86_64-unknown-linux-gnu/release/snowlease-server
+        STATIC_BIN=$TARGET_DIR/x86_64-unknown-linux-gnu/release/snowlease-server
     fi
 }
 

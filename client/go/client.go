@@ -83,12 +83,8 @@ func (c *Client) waitReady(ctx context.Context) error {
 		case closed:
 			return ErrClosed
 		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-timer.C:
-			return c.unavailable(time.Since(start))
+		if err := c.sleep(ctx, ch, timer, start); err != nil {
+			return err
 		}
 	}
 }
@@ -239,13 +235,22 @@ func (c *Client) wait(ctx context.Context, attempt func(*idBuffer) bool) error {
 			resetTimer(timer, c.timeout)
 		}
 		c.d.poke()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-timer.C:
-			return c.unavailable(time.Since(start))
+		if err := c.sleep(ctx, ch, timer, start); err != nil {
+			return err
 		}
+	}
+}
+
+// sleep blocks a waiting caller until the buffer changes (ch closes: nil), ctx ends (its
+// error) or timer fires (an *UnavailableError for the time since start).
+func (c *Client) sleep(ctx context.Context, ch <-chan struct{}, timer *time.Timer, start time.Time) error {
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-timer.C:
+		return c.unavailable(time.Since(start))
 	}
 }
 

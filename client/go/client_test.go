@@ -33,11 +33,7 @@ func TestSixtyFourGoroutinesTakingAMillionIDsEachNeverSeeARepeat(t *testing.T) {
 			defer wg.Done()
 			me := newCaller()
 			for i := 0; i < perGoroutine; i++ {
-				id, err := c.NextID(context.Background())
-				if err == nil {
-					err = me.take(set, id)
-				}
-				if err != nil {
+				if err := me.draw(c, set); err != nil {
 					errs <- err
 					return
 				}
@@ -84,11 +80,7 @@ func TestLeaseReturnsOneContiguousRangeOfAtMostMaxLeaseFromOneMillisecond(t *tes
 			set.add(&cache, id)
 		}
 		if i%2 == 0 { // mix in buffered IDs and small leases from the buffer
-			id, err := c.NextID(context.Background())
-			if err == nil {
-				err = singles.take(set, id)
-			}
-			if err != nil {
+			if err := singles.draw(c, set); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -194,11 +186,7 @@ func TestTheClientReconnectsThroughANameAfterTheServerRestartsOnTheSamePort(t *t
 	me := newCaller()
 	take := func(n int) {
 		for i := 0; i < n; i++ {
-			id, err := c.NextID(context.Background())
-			if err == nil {
-				err = me.take(set, id)
-			}
-			if err != nil {
+			if err := me.draw(c, set); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -264,11 +264,7 @@ func TestTwoAddressesReachingOneWorkerAreNotBothUsed(t *testing.T) {
 	client := dial(t, []string{a.addr, b.addr}, quick()...)
 	set, me := newIDSet(client.Layout()), newCaller()
 	for i := 0; i < 2000; i++ {
-		id, err := client.NextID(context.Background())
-		if err == nil {
-			err = me.take(set, id)
-		}
-		if err != nil {
+		if err := me.draw(client, set); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -126,3 +126,12 @@ func (c *caller) take(set *idSet, id int64) error {
 	set.add(&c.cache, id)
 	return nil
 }
+
+// draw takes one ID from client through NextID and records it with take.
+func (c *caller) draw(client *Client, set *idSet) error {
+	id, err := client.NextID(context.Background())
+	if err != nil {
+		return err
+	}
+	return c.take(set, id)
+}

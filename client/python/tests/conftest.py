@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 import pytest
 
@@ -33,6 +33,28 @@ SERVER_BIN = os.environ.get("SNOWLEASE_SERVER_BIN") or str(_TARGET / "release" /
 
 #: Bounds every wait in these tests; the events waited for take milliseconds.
 DEADLINE = 20.0
+
+
+T = TypeVar("T")
+
+
+def run_threads(work: Callable[[T], None], args: Sequence[T]) -> List[BaseException]:
+    """Runs ``work(arg)`` on a thread of its own for each of ``args``, waits for them all and
+    returns what they raised (empty when every one finished)."""
+    errors: List[BaseException] = []
+
+    def guarded(arg: T) -> None:
+        try:
+            work(arg)
+        except BaseException as e:  # pragma: no cover - reported by the caller
+            errors.append(e)
+
+    threads = [threading.Thread(target=guarded, args=(a,)) for a in args]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
 
 
 def wait_until(cond: Callable[[], bool], what: str, limit: float = DEADLINE) -> None:

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from array import array
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 import snowlease
 from snowlease import Block, Client, ClosedError, ConfigError, Unauthorized, Unavailable
 
-from conftest import Server, assert_unique_and_increasing, wait_until
+from conftest import Server, assert_unique_and_increasing, run_threads, wait_until
 
 QUICK = dict(timeout=5.0, backoff=(0.01, 0.1))
 
@@ -52,21 +51,13 @@ def test_sixteen_threads_taking_a_million_ids_each_never_see_a_repeat(
     srv = servers(1)
     client = Client(srv.lease_addr, **QUICK)
     results: List[array] = [array("q") for _ in range(threads)]
-    errors: List[BaseException] = []
 
     def draw(out: array) -> None:
         take, add = client.next_id, out.append
-        try:
-            for _ in range(per_thread):
-                add(take())
-        except BaseException as e:  # pragma: no cover - reported below
-            errors.append(e)
+        for _ in range(per_thread):
+            add(take())
 
-    workers = [threading.Thread(target=draw, args=(r,)) for r in results]
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
+    errors = run_threads(draw, results)
     client.close()
     assert not errors, errors[:3]
     assert all(len(r) == per_thread for r in results)

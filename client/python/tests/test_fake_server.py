@@ -6,7 +6,6 @@ server that greets and then never answers, beside a healthy one (issue 16)."""
 
 from __future__ import annotations
 
-import threading
 from typing import Callable, List, Optional, Tuple
 
 import pytest
@@ -16,7 +15,7 @@ from snowlease import Client, ProtocolError, wire
 from snowlease.layout import DEFAULT
 
 from conftest import (FAKE_WORKER, FakeServer, Server, assert_unique_and_increasing, leased,
-                      tick_now, welcome_frame)
+                      run_threads, tick_now, welcome_frame)
 
 STRICT = dict(buffer_capacity=100, low_water=10, timeout=0.4, backoff=(0.01, 0.1))
 
@@ -138,19 +137,7 @@ def test_a_server_that_greets_and_never_answers_does_not_stall_callers(
             if len(out) > 5_000_000:
                 raise AssertionError("the silent server was never asked")
 
-    errors: List[BaseException] = []
-
-    def guarded(out: List[int]) -> None:
-        try:
-            draw(out)
-        except BaseException as e:
-            errors.append(e)
-
-    threads = [threading.Thread(target=guarded, args=(o,)) for o in per_thread]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = run_threads(draw, per_thread)
     client.close()
     assert not errors, errors
     assert silent.leases > 0, "the silent server was asked for IDs"

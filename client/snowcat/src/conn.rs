@@ -258,14 +258,7 @@ pub async fn handshake_version(
         version,
         token: Bytes::copy_from_slice(token.unwrap_or("").as_bytes()),
     };
-    writer
-        .send(&hello.to_bytes(), deadline)
-        .await
-        .map_err(|e| Failure::Failed(format!("sending HELLO failed: {e}")))?;
-    let frame = reader
-        .next_frame(deadline)
-        .await
-        .map_err(|e| Failure::Failed(format!("waiting for WELCOME: {e}")))?;
+    let frame = round_trip(reader, writer, &hello, deadline, "HELLO", "WELCOME").await?;
     match frame.response {
         Response::Welcome(welcome) if welcome.version == wire::VERSION => Ok((welcome, None)),
         Response::WelcomeV2 { welcome, workers }
@@ -278,6 +271,26 @@ pub async fn handshake_version(
             crate::format::response_line(&other, &snowlease::Layout::DEFAULT)
         ))),
     }
+}
+
+/// Sends `request` and waits for the next reply, both by `deadline`. A failure names the request
+/// (`sent`) or the reply waited for (`awaited`).
+pub async fn round_trip(
+    reader: &mut FrameReader,
+    writer: &mut FrameWriter,
+    request: &Request,
+    deadline: Instant,
+    sent: &str,
+    awaited: &str,
+) -> Result<Frame, Failure> {
+    writer
+        .send(&request.to_bytes(), deadline)
+        .await
+        .map_err(|e| Failure::Failed(format!("sending {sent} failed: {e}")))?;
+    reader
+        .next_frame(deadline)
+        .await
+        .map_err(|e| Failure::Failed(format!("waiting for {awaited}: {e}")))
 }
 
 /// Lower-case hex of `bytes`, no separators.

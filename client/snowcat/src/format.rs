@@ -126,6 +126,21 @@ pub fn welcome_layout(w: &Welcome) -> Option<Layout> {
     .ok()
 }
 
+/// A version-1 WELCOME announcing `layout`, for tests: [`welcome_layout`]'s inverse.
+#[cfg(test)]
+pub fn welcome_of(layout: &Layout, worker_id: u16, server_unix_ms: u64) -> Welcome {
+    Welcome {
+        version: snowlease::wire::VERSION,
+        worker_id,
+        epoch_unix_ms: layout.epoch_unix_ms(),
+        timestamp_bits: layout.timestamp_bits(),
+        worker_bits: layout.worker_bits(),
+        sequence_bits: layout.sequence_bits(),
+        max_lease: layout.max_lease(),
+        server_unix_ms,
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -133,18 +148,19 @@ mod tests {
 
     use super::*;
 
+    /// The line of `response` in the default layout.
+    fn line(response: Response) -> String {
+        response_line(&response, &Layout::DEFAULT)
+    }
+
     #[test]
     fn leased_lines_show_the_decoded_block() {
-        let layout = Layout::DEFAULT;
-        let first = layout.compose(1, 3, 10);
-        let line = response_line(
-            &Response::Leased {
-                request_id: 1,
-                first_id: first,
-                count: 5,
-            },
-            &layout,
-        );
+        let first = Layout::DEFAULT.compose(1, 3, 10);
+        let line = line(Response::Leased {
+            request_id: 1,
+            first_id: first,
+            count: 5,
+        });
         assert_eq!(
             line,
             format!(
@@ -155,33 +171,25 @@ mod tests {
 
     #[test]
     fn a_block_crossing_ticks_shows_both_ends() {
-        let layout = Layout::DEFAULT;
-        let first = layout.compose(1, 0, 4095);
-        let line = response_line(
-            &Response::Leased {
-                request_id: 2,
-                first_id: first,
-                count: 2,
-            },
-            &layout,
-        );
+        let first = Layout::DEFAULT.compose(1, 0, 4095);
+        let line = line(Response::Leased {
+            request_id: 2,
+            first_id: first,
+            count: 2,
+        });
         assert!(line.contains("sequence 4095 .. "), "{line}");
     }
 
     #[test]
     fn a_bulk_reply_shows_each_run_with_its_ticks() {
-        let layout = Layout::DEFAULT;
-        let first = layout.compose(1, 3, 4000);
-        let line = response_line(
-            &Response::BulkLeased {
-                request_id: 4,
-                runs: vec![snowlease::wire::Run {
-                    first_id: first,
-                    count: 96 + 4096,
-                }],
-            },
-            &layout,
-        );
+        let first = Layout::DEFAULT.compose(1, 3, 4000);
+        let line = line(Response::BulkLeased {
+            request_id: 4,
+            runs: vec![snowlease::wire::Run {
+                first_id: first,
+                count: 96 + 4096,
+            }],
+        });
         assert!(
             line.starts_with("BULK_LEASED id=4 runs=1 ids=4192 "),
             "{line}"
@@ -191,14 +199,11 @@ mod tests {
 
     #[test]
     fn errors_name_their_code_and_quote_the_message() {
-        let line = response_line(
-            &Response::Error {
-                request_id: 0,
-                code: ErrorCode::INVALID_COUNT,
-                message: "count \"0\"".into(),
-            },
-            &Layout::DEFAULT,
-        );
+        let line = line(Response::Error {
+            request_id: 0,
+            code: ErrorCode::INVALID_COUNT,
+            message: "count \"0\"".into(),
+        });
         assert_eq!(
             line,
             r#"ERROR id=0 code=INVALID_COUNT(3) message="count \"0\"""#
@@ -207,31 +212,18 @@ mod tests {
 
     #[test]
     fn goaway_and_pong_lines_are_short() {
-        let layout = Layout::DEFAULT;
         assert_eq!(
-            response_line(&Response::GoAway { reason: 0 }, &layout),
+            line(Response::GoAway { reason: 0 }),
             "GOAWAY reason=SHUTDOWN(0)"
         );
-        assert_eq!(
-            response_line(&Response::Pong { nonce: 7 }, &layout),
-            "PONG nonce=7"
-        );
+        assert_eq!(line(Response::Pong { nonce: 7 }), "PONG nonce=7");
     }
 
     #[test]
     fn welcome_lines_spell_out_the_layout() {
-        let w = Welcome {
-            version: 1,
-            worker_id: 7,
-            epoch_unix_ms: 1_704_067_200_000,
-            timestamp_bits: 41,
-            worker_bits: 10,
-            sequence_bits: 12,
-            max_lease: 4096,
-            server_unix_ms: 1_704_067_200_000,
-        };
+        let w = welcome_of(&Layout::DEFAULT, 7, 1_704_067_200_000);
         assert_eq!(
-            response_line(&Response::Welcome(w), &Layout::DEFAULT),
+            line(Response::Welcome(w)),
             "WELCOME version=1 worker=7 layout=41/10/12 epoch=2024-01-01T00:00:00.000Z \
              max_lease=4096 server_time=2024-01-01T00:00:00.000Z"
         );

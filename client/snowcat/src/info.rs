@@ -108,16 +108,11 @@ pub async fn run_ping(common: &Common, args: &PingArgs) -> Result<(), Failure> {
         if nonce > 1 && args.interval_ms > 0 {
             tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
         }
+        let (ping, awaited) = (Request::Ping { nonce }, format!("PONG {nonce}"));
         let started = Instant::now();
         let deadline = started + timeout;
-        writer
-            .send(&Request::Ping { nonce }.to_bytes(), deadline)
-            .await
-            .map_err(|e| Failure::Failed(format!("sending PING failed: {e}")))?;
-        let frame = reader
-            .next_frame(deadline)
-            .await
-            .map_err(|e| Failure::Failed(format!("waiting for PONG {nonce}: {e}")))?;
+        let frame =
+            conn::round_trip(&mut reader, &mut writer, &ping, deadline, "PING", &awaited).await?;
         let rtt = started.elapsed();
         match frame.response {
             Response::Pong { nonce: echoed } if echoed == nonce => {}
@@ -163,16 +158,7 @@ mod tests {
     use super::*;
 
     fn welcome() -> Welcome {
-        Welcome {
-            version: 1,
-            worker_id: 3,
-            epoch_unix_ms: 1_704_067_200_000,
-            timestamp_bits: 41,
-            worker_bits: 10,
-            sequence_bits: 12,
-            max_lease: 4096,
-            server_unix_ms: 1_704_067_201_000,
-        }
+        crate::format::welcome_of(&snowlease::Layout::DEFAULT, 3, 1_704_067_201_000)
     }
 
     #[test]

@@ -30,6 +30,14 @@ fn snowcat(args: &[&str], stdin: &str) -> Run {
     snowcat_env(args, stdin, &[])
 }
 
+/// Runs snowcat like [`snowcat`] and requires exit code 0 (its stderr is the failure message).
+#[track_caller]
+fn snowcat_ok(args: &[&str], stdin: &str) -> Run {
+    let run = snowcat(args, stdin);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    run
+}
+
 fn snowcat_env(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Run {
     let mut child = Command::new(env!("CARGO_BIN_EXE_snowcat"))
         .args(args)
@@ -85,8 +93,7 @@ fn addr(server: &RunningServer) -> String {
 #[test]
 fn lease_prints_n_distinct_rising_ids_from_the_servers_worker() {
     let s = server();
-    let run = snowcat(&["lease", "10000", "--addr", &addr(&s)], "");
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = snowcat_ok(&["lease", "10000", "--addr", &addr(&s)], "");
     let ids: Vec<u64> = run.stdout.lines().map(|l| l.parse().unwrap()).collect();
     assert_eq!(ids.len(), 10_000);
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "IDs must rise");
@@ -98,8 +105,7 @@ fn lease_prints_n_distinct_rising_ids_from_the_servers_worker() {
 #[test]
 fn lease_ranges_prints_blocks_that_add_up_to_n() {
     let s = server();
-    let run = snowcat(&["--addr", &addr(&s), "lease", "9000", "--ranges"], "");
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = snowcat_ok(&["--addr", &addr(&s), "lease", "9000", "--ranges"], "");
     let mut total = 0u64;
     for line in run.stdout.lines() {
         let (first, count) = line.split_once(' ').unwrap();
@@ -120,8 +126,7 @@ fn lease_of_zero_is_a_usage_error() {
 #[test]
 fn info_prints_the_welcome_fields_as_a_table_or_json() {
     let s = server();
-    let run = snowcat(&["info", "--addr", &addr(&s)], "");
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = snowcat_ok(&["info", "--addr", &addr(&s)], "");
     for needle in [
         "worker id     3",
         "41/10/12",
@@ -134,8 +139,7 @@ fn info_prints_the_welcome_fields_as_a_table_or_json() {
             run.stdout
         );
     }
-    let run = snowcat(&["info", "--json", "--addr", &addr(&s)], "");
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = snowcat_ok(&["info", "--json", "--addr", &addr(&s)], "");
     let v: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
     assert_eq!(v["worker_id"], 3);
     assert_eq!(v["version"], 1);
@@ -153,7 +157,7 @@ fn the_address_can_come_from_the_environment() {
 #[test]
 fn ping_prints_one_round_trip_per_pong_and_a_summary() {
     let s = server();
-    let run = snowcat(
+    let run = snowcat_ok(
         &[
             "ping",
             "--count",
@@ -165,7 +169,6 @@ fn ping_prints_one_round_trip_per_pong_and_a_summary() {
         ],
         "",
     );
-    assert_eq!(run.code, 0, "{}", run.stderr);
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(lines.len(), 4, "{}", run.stdout);
     for (i, line) in lines[..3].iter().enumerate() {
@@ -199,7 +202,7 @@ fn decode_takes_the_layout_from_flags() {
     let epoch = 1_600_000_000_000u64;
     let layout = Layout::widths(epoch, 39, 8, 16).unwrap();
     let id = layout.compose(1_000, 200, 65_000);
-    let run = snowcat(
+    let run = snowcat_ok(
         &[
             "decode",
             "--epoch",
@@ -214,12 +217,11 @@ fn decode_takes_the_layout_from_flags() {
         ],
         "",
     );
-    assert_eq!(run.code, 0, "{}", run.stderr);
     assert_eq!(
         run.stdout.trim(),
         format!("{id} 2020-09-13T12:26:41.000Z worker 200 sequence 65000")
     );
-    let run = snowcat(
+    let run = snowcat_ok(
         &[
             "decode",
             "--json",
@@ -235,7 +237,6 @@ fn decode_takes_the_layout_from_flags() {
         ],
         "",
     );
-    assert_eq!(run.code, 0, "{}", run.stderr);
     let v: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
     assert_eq!(v[0]["worker"], 200);
     assert_eq!(v[0]["tick"], 1_000);
@@ -265,8 +266,7 @@ fn decode_refuses_bad_ids_and_bad_layouts_clearly() {
 
 #[test]
 fn decode_reads_ids_from_stdin_when_none_are_given() {
-    let run = snowcat(&["decode"], "4096\n  4097 \n");
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = snowcat_ok(&["decode"], "4096\n  4097 \n");
     assert_eq!(run.stdout.lines().count(), 2);
     assert!(run
         .stdout
@@ -276,11 +276,9 @@ fn decode_reads_ids_from_stdin_when_none_are_given() {
 #[test]
 fn decode_ask_uses_the_servers_layout() {
     let s = server();
-    let leased = snowcat(&["lease", "1", "--addr", &addr(&s)], "");
-    assert_eq!(leased.code, 0, "{}", leased.stderr);
+    let leased = snowcat_ok(&["lease", "1", "--addr", &addr(&s)], "");
     let id = leased.stdout.trim().to_owned();
-    let run = snowcat(&["decode", "--ask", "--json", "--addr", &addr(&s), &id], "");
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = snowcat_ok(&["decode", "--ask", "--json", "--addr", &addr(&s), &id], "");
     let v: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
     assert_eq!(v[0]["worker"], 3);
     let now = snowlease::layout::unix_ms_now();
@@ -298,8 +296,7 @@ fn decode_ask_uses_the_servers_layout() {
 fn stdin_lines_become_frames_and_replies_become_lines() {
     let s = server();
     let input = "# a session\nhello\n\nlease 5\nlease 5 id=9\nping 7\n";
-    let run = snowcat(&["--addr", &addr(&s)], input);
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = snowcat_ok(&["--addr", &addr(&s)], input);
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(lines.len(), 4, "{}", run.stdout);
     assert!(
@@ -353,8 +350,7 @@ fn a_malformed_raw_frame_gets_malformed_and_the_connection_closes() {
 #[test]
 fn a_well_formed_raw_frame_is_answered_like_a_typed_one() {
     let s = server();
-    let run = snowcat(&["--addr", &addr(&s)], "raw 0000000903 0000000000000042\n");
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = snowcat_ok(&["--addr", &addr(&s)], "raw 0000000903 0000000000000042\n");
     assert_eq!(run.stdout.trim(), "PONG nonce=66");
 }
 
@@ -380,8 +376,7 @@ fn bad_input_lines_are_reported_and_skipped() {
 #[test]
 fn hex_dumps_the_bytes_both_ways() {
     let s = server();
-    let run = snowcat(&["--hex", "--addr", &addr(&s)], "ping 7\n");
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = snowcat_ok(&["--hex", "--addr", &addr(&s)], "ping 7\n");
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(
         lines,
@@ -403,8 +398,7 @@ fn hex_is_refused_with_a_subcommand() {
 #[test]
 fn a_token_in_the_stdin_mode_sends_hello_first() {
     let s = server();
-    let run = snowcat(&["--addr", &addr(&s), "--token", "t0ken"], "ping 2\n");
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = snowcat_ok(&["--addr", &addr(&s), "--token", "t0ken"], "ping 2\n");
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(lines.len(), 2, "{}", run.stdout);
     assert!(lines[0].starts_with("WELCOME "), "{}", lines[0]);
@@ -438,17 +432,12 @@ fn every_connecting_mode_works_over_tls_and_a_wrong_ca_is_a_connect_failure() {
     let tls = ["--addr", &a, "--tls", "--tls-ca", &ca_file];
     let named = [&tls[..], &["--tls-server-name", "ids.test"]].concat();
 
-    let run = snowcat(&[&named[..], &["lease", "5"]].concat(), "");
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = snowcat_ok(&[&named[..], &["lease", "5"]].concat(), "");
     assert_eq!(run.stdout.lines().count(), 5);
-    let run = snowcat(&[&named[..], &["info", "--json"]].concat(), "");
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    let run = snowcat(&[&named[..], &["ping", "--count", "1"]].concat(), "");
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    let run = snowcat(&[&named[..], &["decode", "--ask", "1"]].concat(), "");
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    let run = snowcat(&named, "lease 2\n");
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    snowcat_ok(&[&named[..], &["info", "--json"]].concat(), "");
+    snowcat_ok(&[&named[..], &["ping", "--count", "1"]].concat(), "");
+    snowcat_ok(&[&named[..], &["decode", "--ask", "1"]].concat(), "");
+    let run = snowcat_ok(&named, "lease 2\n");
     assert!(run.stdout.contains("LEASED"), "{}", run.stdout);
 
     // Dialled by IP without the name override, the certificate for ids.test does not match.
@@ -471,7 +460,7 @@ fn four_workers() -> RunningServer {
 fn lease_bulk_prints_n_distinct_ids_in_blocks_from_the_servers_workers() {
     let s = four_workers();
     // More than one worker's lead (409,600), so the runs come from several workers.
-    let run = snowcat(
+    let run = snowcat_ok(
         &[
             "lease",
             "2000000",
@@ -482,7 +471,6 @@ fn lease_bulk_prints_n_distinct_ids_in_blocks_from_the_servers_workers() {
         ],
         "",
     );
-    assert_eq!(run.code, 0, "{}", run.stderr);
     let l = Layout::DEFAULT;
     let mut blocks: Vec<(u64, u64)> = Vec::new();
     let mut workers = Vec::new();
@@ -511,17 +499,15 @@ fn lease_bulk_prints_n_distinct_ids_in_blocks_from_the_servers_workers() {
     );
 
     // Every ID, and one summary line per run, add up the same way.
-    let run = snowcat(&["lease", "10000", "--bulk", "--addr", &addr(&s)], "");
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = snowcat_ok(&["lease", "10000", "--bulk", "--addr", &addr(&s)], "");
     let mut ids: Vec<u64> = run.stdout.lines().map(|l| l.parse().unwrap()).collect();
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), 10_000);
-    let run = snowcat(
+    let run = snowcat_ok(
         &["lease", "1000000", "--bulk", "--runs", "--addr", &addr(&s)],
         "",
     );
-    assert_eq!(run.code, 0, "{}", run.stderr);
     let total: u64 = run
         .stdout
         .lines()
@@ -576,11 +562,10 @@ fn lease_bulk_against_a_version_1_server_says_it_needs_version_2() {
 #[test]
 fn the_stdin_mode_speaks_version_2_after_hello_2_and_dumps_bulk_frames() {
     let s = four_workers();
-    let run = snowcat(
+    let run = snowcat_ok(
         &["--hex", "--addr", &addr(&s)],
         "hello 2\nbulk 10000 id=8\nlease 5\n",
     );
-    assert_eq!(run.code, 0, "{}", run.stderr);
     // Sends and replies interleave as they happen; each kind keeps its own order.
     let of = |prefix: &str| -> Vec<String> {
         run.stdout

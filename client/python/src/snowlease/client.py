@@ -178,6 +178,17 @@ class _Core:
         self.driver.submit_threadsafe(lease)
         return None, lease
 
+    def finish_direct(self, lease: DirectLease, got: Optional[Tuple[int, int]]) -> Block:
+        """The block a direct lease delivered (``got``, or one that arrived since), else the
+        reason there is none: the client closed or failed, or no server answered in time."""
+        if got is None:
+            got = lease.abandon()
+        if got is None:
+            with self.buf.lock:
+                self.check_usable_locked()
+            raise self.unavailable(self.timeout)
+        return Block(*got)
+
 
 def _config(
     addrs: Union[str, Iterable[str]],
@@ -301,14 +312,7 @@ class Client:
             return block
         assert lease is not None
         done.wait(self._core.timeout)
-        got = lease.claim()
-        if got is None:
-            got = lease.abandon()
-        if got is None:
-            with self._buf.lock:
-                self._core.check_usable_locked()
-            raise self._core.unavailable(self._core.timeout)
-        return Block(*got)
+        return self._core.finish_direct(lease, lease.claim())
 
     @property
     def layout(self) -> Layout:
@@ -449,13 +453,7 @@ class AsyncClient:
             if back is not None:
                 self._core.push_back(back)
             raise
-        if got is None:
-            got = lease.abandon()
-        if got is None:
-            with self._buf.lock:
-                self._core.check_usable_locked()
-            raise self._core.unavailable(self._core.timeout)
-        return Block(*got)
+        return self._core.finish_direct(lease, got)
 
     @property
     def layout(self) -> Layout:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 
 from .errors import ProtocolError
 
@@ -261,10 +261,12 @@ def encode(frame: Frame) -> bytes:
     (a token over 255 bytes, more than 84 runs). An ERROR message over 1,015 bytes is cut at a
     character boundary, as the server does.
     """
-    if isinstance(frame, Lease):
-        _check("LEASE", "request_id", frame.request_id, _U32)
-        _check("LEASE", "count", frame.count, _U32)
-        return _header(8, Opcode.LEASE) + struct.pack(">II", frame.request_id, frame.count)
+    if isinstance(frame, (Lease, BulkLease)):
+        name, op = ("LEASE", Opcode.LEASE) if isinstance(frame, Lease) else (
+            "BULK_LEASE", Opcode.BULK_LEASE)
+        _check(name, "request_id", frame.request_id, _U32)
+        _check(name, "count", frame.count, _U32)
+        return _header(8, op) + struct.pack(">II", frame.request_id, frame.count)
     if isinstance(frame, Leased):
         _check("LEASED", "request_id", frame.request_id, _U32)
         _check("LEASED", "first_id", frame.first_id, _U64)
@@ -284,10 +286,6 @@ def encode(frame: Frame) -> bytes:
         name, op = ("PING", Opcode.PING) if isinstance(frame, Ping) else ("PONG", Opcode.PONG)
         _check(name, "nonce", frame.nonce, _U64)
         return _header(8, op) + struct.pack(">Q", frame.nonce)
-    if isinstance(frame, BulkLease):
-        _check("BULK_LEASE", "request_id", frame.request_id, _U32)
-        _check("BULK_LEASE", "count", frame.count, _U32)
-        return _header(8, Opcode.BULK_LEASE) + struct.pack(">II", frame.request_id, frame.count)
     if isinstance(frame, Welcome):
         return _encode_welcome(frame)
     if isinstance(frame, BulkLeased):
@@ -363,8 +361,21 @@ def _encode_welcome(w: Welcome) -> bytes:
 Buf = Union[bytes, bytearray, memoryview]
 
 
-def _frame_len(buf: Buf, offset: int) -> Optional[int]:
-    """Total length (prefix included) of the frame at ``offset`` once it is complete."""
+class _Framed(NamedTuple):
+    """Where the complete frame at some offset lies."""
+
+    #: Bytes the frame takes, length prefix included.
+    total: int
+    opcode: int
+    #: Index of the body's first byte in the buffer.
+    start: int
+    #: Body bytes (the frame less prefix and opcode).
+    size: int
+
+
+def _frame_at(buf: Buf, offset: int) -> Optional[_Framed]:
+    """The frame at ``offset`` once it is complete, ``None`` before; the length prefix is
+    checked against :data:`MAX_FRAME_LEN` before anything else is read."""
     if len(buf) - offset < LEN_PREFIX:
         return None
     (length,) = struct.unpack_from(">I", buf, offset)
@@ -375,7 +386,7 @@ def _frame_len(buf: Buf, offset: int) -> Optional[int]:
     total: int = LEN_PREFIX + length
     if len(buf) - offset < total:
         return None
-    return total
+    return _Framed(total, buf[offset + LEN_PREFIX], offset + LEN_PREFIX + 1, length - 1)
 
 
 def _body_size(name: str, got: int, expected: int) -> None:
@@ -386,12 +397,10 @@ def _body_size(name: str, got: int, expected: int) -> None:
 def decode_request(buf: Buf, offset: int = 0) -> Optional[Tuple[Request, int]]:
     """Decodes the request frame at ``offset``: ``(frame, bytes it took)``, ``None`` if the
     frame is incomplete. Raises :class:`ProtocolError` if the bytes are not a request."""
-    total = _frame_len(buf, offset)
-    if total is None:
+    framed = _frame_at(buf, offset)
+    if framed is None:
         return None
-    op = buf[offset + LEN_PREFIX]
-    start = offset + LEN_PREFIX + 1
-    size = total - LEN_PREFIX - 1
+    total, op, start, size = framed
     if op == Opcode.HELLO:
         expected = 3 if size < 3 else 3 + buf[start + 2]
         _body_size("HELLO", size, expected)
@@ -412,12 +421,10 @@ def decode_request(buf: Buf, offset: int = 0) -> Optional[Tuple[Request, int]]:
 def decode_response(buf: Buf, offset: int = 0) -> Optional[Tuple[Response, int]]:
     """Decodes the server frame at ``offset``: ``(frame, bytes it took)``, ``None`` if the
     frame is incomplete. Raises :class:`ProtocolError` if the bytes are not a server frame."""
-    total = _frame_len(buf, offset)
-    if total is None:
+    framed = _frame_at(buf, offset)
+    if framed is None:
         return None
-    op = buf[offset + LEN_PREFIX]
-    start = offset + LEN_PREFIX + 1
-    size = total - LEN_PREFIX - 1
+    total, op, start, size = framed
     if op == Opcode.LEASED:
         _body_size("LEASED", size, 16)
         request_id, first_id, count = struct.unpack_from(">IQI", buf, start)
