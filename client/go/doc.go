@@ -5,7 +5,7 @@
 // A Client keeps a local buffer of verified ranges that a background goroutine refills
 // ahead of demand, so NextID is a memory operation:
 //
-//	c, err := snowlease.Dial(ctx, []string{"snowlease-headless.ids.svc:7609"})
+//	c, err := snowlease.Dial(ctx, []string{"snowlease-headless.snowlease.svc:7609"})
 //	if err != nil { ... }
 //	defer c.Close()
 //	id, err := c.NextID(ctx)

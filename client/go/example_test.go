@@ -13,7 +13,7 @@ import (
 // server, so it is compiled but not run by go test.
 func ExampleDial() {
 	ctx := context.Background()
-	c, err := snowlease.Dial(ctx, []string{"snowlease-headless.ids.svc:7609"},
+	c, err := snowlease.Dial(ctx, []string{"snowlease-headless.snowlease.svc:7609"},
 		snowlease.WithMaxAge(500*time.Millisecond))
 	if err != nil {
 		log.Fatal(err)

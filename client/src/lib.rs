@@ -8,7 +8,7 @@
 //!
 //! #[tokio::main]
 //! async fn main() -> Result<(), snowlease::Error> {
-//!     let client = Client::connect(ClientConfig::new(["snowlease-headless.ids.svc:7609"])).await?;
+//!     let client = Client::connect(ClientConfig::new(["snowlease-headless.snowlease.svc:7609"])).await?;
 //!     let id = client.next_id().await?; // from the local buffer: no round trip
 //!     let parts = client.decode(id); // time, worker and sequence
 //!     println!("{id} = {parts}");

@@ -154,7 +154,7 @@ impl Default for Backoff {
 ///
 /// ```
 /// use std::time::Duration;
-/// let config = snowlease::ClientConfig::new(["snowlease-headless.ids.svc:7609"])
+/// let config = snowlease::ClientConfig::new(["snowlease-headless.snowlease.svc:7609"])
 ///     .max_age(Duration::from_millis(500))
 ///     .token("s3cret");
 /// ```

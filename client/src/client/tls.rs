@@ -26,7 +26,7 @@ use super::Error;
 ///
 /// ```no_run
 /// use snowlease::client::TlsOptions;
-/// let config = snowlease::ClientConfig::new(["snowlease-headless.ids.svc:7609"])
+/// let config = snowlease::ClientConfig::new(["snowlease-headless.snowlease.svc:7609"])
 ///     .tls(TlsOptions::ca_file("/etc/snowlease/ca.crt"));
 /// ```
 #[derive(Debug, Clone)]

@@ -3,7 +3,7 @@
 ::
 
     import snowlease
-    with snowlease.Client("snowlease-headless.ids.svc:7609") as client:
+    with snowlease.Client("snowlease-headless.snowlease.svc:7609") as client:
         id = client.next_id()          # a memory operation; the refill runs in the background
         print(client.decode(id))       # 2026-12-03T23:49:49.923Z worker 3 sequence 17
 
