@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import signal
 import socket
 import struct
@@ -159,6 +160,9 @@ def servers() -> Iterator[Callable[..., Server]]:
             s.signal(signal.SIGCONT)
         finally:
             s.kill()
+    # After every process is gone (a restarted server shares its predecessor's directory).
+    for state_dir in {s.state_dir for s in started}:
+        shutil.rmtree(state_dir, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
