@@ -144,10 +144,14 @@ def redis_commands(port):
     return int(m.group(1))
 
 def server_ops(kind, addr):
+    """What the server counted so far: Redis commands, HTTP requests, IDs issued (`ids`,
+    every worker, LEASE and BULK_LEASE alike) or leases."""
     if kind == "redis":
         return redis_commands(addr)
     if kind == "http":
         return metric(addr, "snowlease_http_requests_total")
+    if kind == "ids":
+        return metric(addr, "snowlease_ids_issued_total")
     return metric(addr, "snowlease_leases_total")
 
 def snap(kind, pid, addr):
@@ -161,11 +165,18 @@ def rec_cpu(out, key, run, kind, pid, addr, user0, system0, ops0):
     user, system = (user - int(user0)) / hz, (system - int(system0)) / hz
     ops = server_ops(kind, addr) - int(ops0)
     if ops > 0:
-        record(out, {"key": key, "run": int(run), "kind": "cpu", "server_ops": ops,
-                     "server_cpu_s": user + system,
-                     "server_cpu_us_per_op": (user + system) * 1e6 / ops,
-                     "server_user_us_per_op": user * 1e6 / ops,
-                     "server_sys_us_per_op": system * 1e6 / ops})
+        rec = {"key": key, "run": int(run), "kind": "cpu", "server_ops": ops,
+               "server_cpu_s": user + system,
+               "server_cpu_us_per_op": (user + system) * 1e6 / ops,
+               "server_user_us_per_op": user * 1e6 / ops,
+               "server_sys_us_per_op": system * 1e6 / ops}
+        if kind == "ids":
+            # Row 9: milliseconds of server CPU per million IDs issued (= us per op x 1000).
+            rec.update({"server_ids": ops,
+                        "server_cpu_ms_per_mid": (user + system) * 1e9 / ops,
+                        "server_user_ms_per_mid": user * 1e9 / ops,
+                        "server_sys_ms_per_mid": system * 1e9 / ops})
+        record(out, rec)
 
 # ---- the table -----------------------------------------------------------------------------
 
@@ -385,6 +396,51 @@ def rows_peer_cap(t):
               key)
 
 
+def rows_cost(t):
+    """9. Server CPU per million IDs at the ceiling (issue 14 section 4): version-1 LEASEs
+    of 4096 against BULK_LEASEs, on one server holding 4 workers, in the same round."""
+    ms = lambda v: f"{v:.2f} ms"
+    v1 = t.spread("cost v1 (LEASE 4096) server CPU per M IDs", "cost_v1",
+                  "server_cpu_ms_per_mid", ms)
+    bulk = t.spread("cost bulk server CPU per M IDs", "cost_bulk", "server_cpu_ms_per_mid", ms)
+    v1_ids = t.spread("cost v1 (LEASE 4096) IDs/s", "cost_v1", "ids_per_sec", fmt_int)
+    bulk_ids = t.spread("cost bulk IDs/s", "cost_bulk", "ids_per_sec", fmt_int)
+    ratio = t.paired_row("cost v1 / bulk CPU per M IDs, per round",
+                         t.paired("cost_v1", "server_cpu_ms_per_mid", "cost_bulk",
+                                  "server_cpu_ms_per_mid"))
+    if None in (v1, bulk, v1_ids, bulk_ids, ratio):
+        t.row("9", "server CPU per million IDs, v1 vs bulk", "no result", "", "", "",
+              "**MISS**", "cost")
+        return
+    t.row("9", "server CPU time per million IDs at the ceiling, server with 4 workers: "
+          "BULK_LEASE (ours) vs version-1 LEASE 4096 (peer); IDs/s in brackets",
+          f"{ms(bulk)} ({fmt_int(bulk_ids)} IDs/s)", f"{ms(v1)} ({fmt_int(v1_ids)} IDs/s)",
+          f"{ratio:.1f}x less", ">= 10x less", pf(ratio >= 10), "cost")
+
+
+def rows_fairness_bulk(t):
+    """10. Fairness with bulk leases (issue 14): the count=1 probe, a version-1 LEASE on its
+    own connection, beside 500 connections draining the worker with BULK_LEASEs."""
+    p99 = t.spread("fairness_bulk probe p99", "fairness_bulk", "probe_p99_us", fmt_us)
+    if p99 is None:
+        t.row("10", "fairness with bulk leases", "no result", "", "", "", "**MISS**",
+              "fairness_bulk")
+        return
+    p50, _ = t.med("fairness_bulk", "probe_p50_us")
+    mx, _ = t.med("fairness_bulk", "probe_max_us")
+    ids, _ = t.med("fairness_bulk", "ids_per_sec")
+    served, _ = t.med("fairness_bulk", "probe_served")
+    ref, _ = t.med("fairness_ref", "probe_p99_us")
+    lease, _ = t.med("fairness", "probe_p99_us")
+    peer = ", ".join(x for x in (f"row 7 (LEASE load) p99 {fmt_us(lease)}" if lease else "",
+                                 f"1 connection p99 {fmt_us(ref)}" if ref else "") if x)
+    t.row("10", "fairness with bulk leases: LEASE count=1 (version 1, own connection) beside "
+          "500 connections x 1 BULK_LEASE: p99 (p50, max); reference as row 7",
+          f"{fmt_us(p99)} ({fmt_us(p50)}, max {fmt_us(mx)}; {served:.0f} probes), "
+          f"{fmt_int(ids)} IDs/s", peer, f"{p99 / ref:.1f}x" if ref else "", "p99 <= 2 ms",
+          pf(p99 <= 2000), "fairness_bulk")
+
+
 def rows_overload(t):
     """Known issue: p99 under overload (and, with --baseline, the same on an older build)."""
     for key, who in (("overload", "this build"), ("overload_base", "baseline build")):
@@ -429,6 +485,8 @@ def report(results, runs, duration, pin, nice, out_dir):
     rows_startup(t)
     rows_fairness(t)
     rows_peer_cap(t)
+    rows_cost(t)
+    rows_fairness_bulk(t)
     rows_overload(t)
     table = render(t, runs, duration, pin)
     print(table)
