@@ -444,7 +444,10 @@ fn bulk_accepted(first: &raw::Opened, count: u32) -> Result<(), String> {
 fn load_workers(opened: &[raw::Opened]) -> BTreeSet<u16> {
     let mut workers: BTreeSet<u16> = opened.iter().map(|o| o.welcome.worker_id).collect();
     for set in opened.iter().filter_map(|o| o.workers) {
-        workers.extend((0..set.worker_count).map(|i| set.first_worker + i));
+        // Widened: a hostile set reaching past u16::MAX must not overflow.
+        let first = u32::from(set.first_worker);
+        let ids = first..first + u32::from(set.worker_count);
+        workers.extend(ids.filter_map(|w| u16::try_from(w).ok()));
     }
     workers
 }
