@@ -5,7 +5,9 @@
 # Flow: check tools -> build release binaries -> start snowlease-server and redis-server on
 # loopback (pinned to one CPU) -> for each of --runs rounds, run every load one after the
 # other from the other CPU (snowlease bench, redis-benchmark, wrk), so both sides of each
-# ratio see the same machine state; the fairness and peer-cap rows of issue 11 -> idle
+# ratio see the same machine state; the fairness and peer-cap rows of issue 11; the bulk
+# lease rows of issue 14 (server CPU per million IDs, v1 against bulk, on a server holding 4
+# workers; fairness beside bulk leases) -> idle
 # memory with 10,000 connections -> start-up time -> medians -> table. Everything started is
 # stopped on exit (trap), every load has a duration and every wait a bound.
 #
@@ -210,17 +212,22 @@ start_redis() {
 # ---- loads -------------------------------------------------------------------------------
 LOAD_BOUND=$((DURATION * 3 + 60))
 
-# bench KEY RUN ARGS...: one snowlease-bench run against the pinned server.
-bench() {
-    local key=$1 run=$2 u0 s0 o0
-    shift 2
+# bench KEY RUN ARGS...: one snowlease-bench run against the pinned server; the server's CPU
+# time is divided by the leases it counted.
+bench() { bench_per lease "$@"; }
+
+# bench_per KIND KEY RUN ARGS...: the same, the server's CPU time divided by what KIND
+# counts (lease: snowlease_leases_total; ids: snowlease_ids_issued_total).
+bench_per() {
+    local kind=$1 key=$2 run=$3 u0 s0 o0
+    shift 3
     local out=$WORK/$key.$run
-    read -r u0 s0 o0 < <(py snap lease "$SL_PID" "$SL_ADMIN")
+    read -r u0 s0 o0 < <(py snap "$kind" "$SL_PID" "$SL_ADMIN")
     if timeout "$LOAD_BOUND" "${PIN_LOAD[@]}" "$BENCH_BIN" --addr "$SL_LEASE" --quiet \
         --duration "$DURATION" --warmup "$WARMUP" --json "$out.json" --svg "$out.svg" "$@" \
         >"$out.txt" 2>&1; then
         py bench "$RESULTS" "$key" "$run" "$out.json"
-        py cpu "$RESULTS" "$key" "$run" lease "$SL_PID" "$SL_ADMIN" "$u0" "$s0" "$o0"
+        py cpu "$RESULTS" "$key" "$run" "$kind" "$SL_PID" "$SL_ADMIN" "$u0" "$s0" "$o0"
     else
         log "MISS: $key run $run failed: $(tail -n 3 "$out.txt" | tr '\n' ' ')"
     fi
@@ -309,6 +316,39 @@ rows_of_issue_11() {
     main_server
 }
 
+# Row 9 (issue 14 section 4): server CPU per million IDs at the ceiling, version 1 against
+# bulk leases, on one server holding 4 workers (so a bulk lease can take more than one worker)
+# with one thread, pinned like the others. Version 1 is row 1's load (1 connection x depth 4 x
+# 4096: one worker, its home, at its ceiling); bulk is 1 connection x depth 2 x BULK_LEASE of
+# BULK_COST IDs. BULK_COST: 2^20 is a quarter of max_bulk and above what the 4 workers hold
+# ahead at once (4 x 100 ms x 4,096 = 1,638,400 IDs at the default --max-lead-ms 100 are
+# handed out as they open, so each reply carries many ticks of every worker); see
+# BENCHMARKS.md for the measurement behind the choice. The two loads alternate which goes
+# first by round.
+BULK_COST=1048576
+# Row 10 (issue 14): fairness beside bulk leases. 500 connections x 1 BULK_LEASE of
+# BULK_FAIR IDs on the row-7 server (one worker): 4 ticks per request, so every request spans
+# ticks, and 500 x 16,384 IDs is 2 s of the worker's ceiling queued, inside the bench's 5 s
+# reply timeout (2^20 per request would queue 128 s and time out).
+BULK_FAIR=16384
+rows_of_issue_14() {
+    local run=$1 order=(v1 bulk) which
+    [ $((run % 2)) = 0 ] && order=(bulk v1)
+    use_server "$SERVER_BIN" "cost.$run" --threads 1 --worker-ids 0-3
+    for which in "${order[@]}"; do
+        if [ "$which" = v1 ]; then
+            log "round $run/$RUNS: cost: version 1, 1 x 4 x LEASE 4096, server with workers 0-3"
+            bench_per ids cost_v1 "$run" --mode raw --connections 1 --depth 4 --batch 4096
+        else
+            log "round $run/$RUNS: cost: bulk, 1 x 2 x BULK_LEASE $BULK_COST, server with workers 0-3"
+            bench_per ids cost_bulk "$run" --mode raw --connections 1 --depth 2 --bulk "$BULK_COST"
+        fi
+    done
+    main_server
+    log "round $run/$RUNS: fairness with bulk: 500 connections x 1 x BULK_LEASE $BULK_FAIR, an idle version-1 connection's count=1 timed"
+    bench fairness_bulk "$run" --mode fairness --connections 500 --depth 1 --bulk "$BULK_FAIR"
+}
+
 started=$(date +%s)
 start_snowlease lease 1 --threads 1
 log "snowlease-server pid $SL_PID on $SL_LEASE (admin $SL_ADMIN), 1 thread"
@@ -331,6 +371,7 @@ for run in $(seq 1 "$RUNS"); do
     log "round $run/$RUNS: overload (4 connections x depth 8, B=4096)"
     bench overload "$run" --mode raw --connections 4 --depth 8 --batch 4096
     rows_of_issue_11 "" "$run"
+    rows_of_issue_14 "$run"
     if [ -n "$BASELINE" ]; then
         log "round $run/$RUNS: overload against the baseline $BASELINE"
         use_server "$BASELINE" "baseline.$run" --threads 1

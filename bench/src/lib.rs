@@ -5,8 +5,9 @@
 //! - [`run`] sets up the connections (or the client), fixes the [`Timeline`], starts the
 //!   [`stats::Sampler`], runs the load, and folds the per-connection results into a
 //!   [`report::Report`].
-//! - [`raw`] drives the bare protocol: pipelined LEASEs per connection, or (`reconnect`) one
-//!   LEASE per fresh connection, which measures connection setup.
+//! - [`raw`] drives the bare protocol: pipelined LEASEs per connection (or, with `--bulk`,
+//!   version-2 BULK_LEASEs), or (`reconnect`) one LEASE per fresh connection, which measures
+//!   connection setup.
 //! - [`client_mode`] drives [`snowlease::Client`]: `next_id()` or `lease(n)` from many tasks.
 //! - [`probe`] times a light client beside heavy ones: `fairness` (a count=1 LEASE on an idle
 //!   connection while hundreds drain the worker at its ceiling) and `peer-cap` (a second
@@ -42,7 +43,7 @@ use hdrhistogram::Histogram;
 use tokio::time::Instant;
 
 use snowlease::client::TlsOptions;
-use snowlease::wire::Welcome;
+use snowlease::wire::{self, Welcome};
 use snowlease::{Client, ClientConfig, Layout};
 
 use crate::probe::ProbeReport;
@@ -53,7 +54,7 @@ use crate::verify::Block;
 /// What to drive the server with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
-    /// Pipelined LEASEs over the bare protocol.
+    /// Pipelined LEASEs over the bare protocol (BULK_LEASEs with `--bulk`).
     Raw,
     /// `Client::next_id()` from many tasks.
     Client,
@@ -63,7 +64,8 @@ pub enum Mode {
     /// sends HELLO, leases `--batch` once and closes, over and over.
     Reconnect,
     /// Fairness at the ceiling: `--connections` (500) connections keep `--depth` (1)
-    /// whole-tick LEASEs in flight while an idle connection's count=1 LEASEs are timed.
+    /// whole-tick LEASEs (or, with `--bulk`, BULK_LEASEs) in flight while an idle
+    /// connection's count=1 LEASEs are timed.
     Fairness,
     /// One peer over its connection cap: `--hog-source` holds `--connections` (1,100) idle
     /// connections while `--probe-source` times fresh connections leasing count=1.
@@ -124,6 +126,9 @@ pub struct Settings {
     pub depth: usize,
     /// IDs per LEASE (raw) or per `lease()` call (client-lease).
     pub batch: u32,
+    /// Raw and fairness modes: BULK_LEASEs of this many IDs (protocol version 2) instead of
+    /// LEASEs of `batch`. The fairness probe stays a version-1 LEASE count=1.
+    pub bulk: Option<u32>,
     /// Client modes: tasks sharing the client.
     pub tasks: usize,
     /// Runtime worker threads.
@@ -275,13 +280,14 @@ fn raw_params(settings: &Settings) -> Arc<raw::RawParams> {
         timeout: settings.timeout,
         token: settings.token.clone(),
         verify: settings.verify,
+        bulk: settings.bulk,
     })
 }
 
 async fn run_raw(settings: &Settings, counters: &Arc<Counters>) -> Result<Ran, String> {
     let tls = tls_target(settings)?;
     let (opened, layout) = open_many(settings, settings.connections, tls.as_ref()).await?;
-    let workers: BTreeSet<u16> = opened.iter().map(|o| o.welcome.worker_id).collect();
+    let workers = load_workers(&opened);
     let params = raw_params(settings);
     let (timeline, sampler) = start_clock(settings, counters, "leases/s");
     let handles: Vec<_> = opened
@@ -383,14 +389,20 @@ async fn run_client(settings: &Settings, counters: &Arc<Counters>) -> Result<Ran
     Ok(Ran::new(merged, layout, workers, sampler))
 }
 
-/// Opens `n` connections with HELLO (all at once) and learns the layout from the first.
+/// Opens `n` load connections with HELLO (all at once; version 2 with `--bulk`) and learns
+/// the layout from the first; with `--bulk`, refuses a server that cannot take it.
 async fn open_many(
     settings: &Settings,
     n: usize,
     tls: Option<&tls::TlsTarget>,
 ) -> Result<(Vec<raw::Opened>, Layout), String> {
+    let version = match settings.bulk {
+        Some(_) => wire::VERSION_2,
+        None => wire::VERSION,
+    };
     let attempts = futures::future::join_all((0..n).map(|_| {
-        raw::open(
+        raw::open_as(
+            version,
             &settings.addr,
             settings.token.as_deref(),
             settings.timeout,
@@ -403,16 +415,64 @@ async fn open_many(
         return Err("no connections".into());
     };
     let layout = announced_layout(&first.welcome, settings.batch)?;
+    if let Some(count) = settings.bulk {
+        bulk_accepted(first, count)?;
+    }
     Ok((opened, layout))
+}
+
+/// Refuses `--bulk count` on a server that answered version 1 or announces a smaller limit.
+fn bulk_accepted(first: &raw::Opened, count: u32) -> Result<(), String> {
+    let Some(set) = first.workers else {
+        return Err(format!(
+            "--bulk needs protocol version 2, and the server answered HELLO version 2 with \
+             version {}",
+            first.welcome.version
+        ));
+    };
+    if count > set.max_bulk {
+        return Err(format!(
+            "--bulk {count} exceeds the server's max_bulk {}",
+            set.max_bulk
+        ));
+    }
+    Ok(())
+}
+
+/// The workers the load connections can be served from: each one's home worker, and with
+/// version 2 every worker of the announced set (a bulk lease draws from all of them).
+fn load_workers(opened: &[raw::Opened]) -> BTreeSet<u16> {
+    let mut workers: BTreeSet<u16> = opened.iter().map(|o| o.welcome.worker_id).collect();
+    for set in opened.iter().filter_map(|o| o.workers) {
+        // Widened: a hostile set reaching past u16::MAX must not overflow.
+        let first = u32::from(set.first_worker);
+        let ids = first..first + u32::from(set.worker_count);
+        workers.extend(ids.filter_map(|w| u16::try_from(w).ok()));
+    }
+    workers
 }
 
 async fn run_fairness(settings: &Settings, counters: &Arc<Counters>) -> Result<Ran, String> {
     let tls = tls_target(settings)?;
-    let (mut opened, layout) = open_many(settings, settings.connections + 1, tls.as_ref()).await?;
-    let workers: BTreeSet<u16> = opened.iter().map(|o| o.welcome.worker_id).collect();
-    let Some(idle) = opened.pop() else {
-        return Err("no connections".into());
+    // With --bulk the probe is an application asking for one ID the version-1 way: a
+    // connection of its own, HELLO version 1, LEASE count=1. Without, it is one more of the
+    // same connections.
+    let probe_apart = settings.bulk.is_some();
+    let n = settings.connections + usize::from(!probe_apart);
+    let (mut opened, layout) = open_many(settings, n, tls.as_ref()).await?;
+    let idle = if probe_apart {
+        raw::open(
+            &settings.addr,
+            settings.token.as_deref(),
+            settings.timeout,
+            tls.as_ref(),
+        )
+        .await?
+    } else {
+        opened.pop().ok_or("no connections")?
     };
+    let mut workers = load_workers(&opened);
+    workers.insert(idle.welcome.worker_id);
     let params = raw_params(settings);
     let (timeline, sampler) = start_clock(settings, counters, "leases/s");
     let handles: Vec<_> = opened

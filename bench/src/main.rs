@@ -65,6 +65,12 @@ struct Cli {
     /// IDs per LEASE (raw) or per lease() call (client-lease); at most the server's max_lease.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     batch: u32,
+    /// Raw and fairness modes: send BULK_LEASEs of N IDs (protocol version 2, HELLO version
+    /// 2) instead of LEASEs of --batch; N at most the server's max_bulk (4,194,304). Every run
+    /// of every reply is expanded into blocks for --verify. In fairness mode only the load
+    /// connections bulk-lease; the probe stays a version-1 LEASE count=1.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(snowlease::wire::MAX_BULK)))]
+    bulk: Option<u32>,
     /// Client modes: tasks sharing one client.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     tasks: u32,
@@ -166,6 +172,7 @@ impl Cli {
             connections: self.connections.unwrap_or(mode.default_connections()) as usize,
             depth: self.depth.unwrap_or(mode.default_depth()) as usize,
             batch: self.batch,
+            bulk: self.bulk,
             tasks: self.tasks as usize,
             threads: self.threads as usize,
             duration: Duration::from_secs_f64(self.duration),
@@ -201,6 +208,12 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> Result<bool, String> {
+    if cli.bulk.is_some() && !matches!(cli.mode, Mode::Raw | Mode::Fairness) {
+        return Err(format!(
+            "--bulk works with --mode raw and --mode fairness, not --mode {}",
+            cli.mode.name()
+        ));
+    }
     let mut server = None;
     // With --spawn --tls and no CA given, the run makes its own CA and server certificate;
     // the files live until the run ends.

@@ -7,6 +7,14 @@
 //! its read time minus the send time at the front. After the stop time no more requests go
 //! out and the outstanding replies are drained, bounded by the timeout.
 //!
+//! With `--bulk N` (protocol version 2) the connection sends HELLO version 2 and BULK_LEASEs
+//! of `N` instead of LEASEs; each BULK_LEASED is checked like a client must check it
+//! (protocol.md section 11: the run counts sum to 1..=N, every run's worker is in WELCOME's
+//! set, no run passes the layout's last tick, each run starts above the last one of its
+//! worker on this connection), and every run is expanded into its per-tick blocks, which go to
+//! the overlap check and the counters exactly like LEASED blocks. One BULK_LEASED counts as
+//! one lease (one round trip), however many runs and blocks it carries.
+//!
 //! With `--tls` every connection is a TLS session over the same bytes ([`open`] does the
 //! handshake before HELLO). `--mode reconnect` ([`reconnect`]) measures connection setup
 //! instead: each task opens a connection (TCP, TLS, HELLO/WELCOME), leases once, closes, and
@@ -22,7 +30,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 
-use snowlease::wire::{self, goaway, Request, Response, Welcome};
+use snowlease::wire::{self, goaway, Request, Response, Run, Welcome, WorkerSet};
+use snowlease::Layout;
 
 use crate::stats::{self, Counters};
 use crate::tls::TlsTarget;
@@ -53,6 +62,9 @@ pub struct RawParams {
     pub token: Option<String>,
     /// Keep every block for the overlap check.
     pub verify: bool,
+    /// Send BULK_LEASEs of this many IDs instead of LEASEs (the connections must have
+    /// been opened with version 2).
+    pub bulk: Option<u32>,
 }
 
 /// What one connection brings back.
@@ -72,11 +84,24 @@ pub struct Opened {
     pub(crate) buf: BytesMut,
     /// What the server said about itself.
     pub welcome: Welcome,
+    /// A version-2 WELCOME's worker set and bulk limit; `None` on a version-1 connection.
+    pub workers: Option<WorkerSet>,
 }
 
 /// Connects, completes the TLS handshake (with `tls`), sends HELLO and waits for WELCOME,
-/// all within `timeout`.
+/// all within `timeout`, as a version-1 client.
 pub async fn open(
+    addr: &str,
+    token: Option<&str>,
+    timeout: Duration,
+    tls: Option<&TlsTarget>,
+) -> Result<Opened, String> {
+    open_as(wire::VERSION, addr, token, timeout, tls).await
+}
+
+/// [`open`] with HELLO `version` (2 for bulk leases).
+pub async fn open_as(
+    version: u16,
     addr: &str,
     token: Option<&str>,
     timeout: Duration,
@@ -88,11 +113,25 @@ pub async fn open(
         Ok(Err(e)) => return Err(format!("cannot connect to {addr}: {e}")),
         Err(_) => return Err(format!("connecting to {addr} timed out after {timeout:?}")),
     };
-    greet(tcp, addr, token, deadline, tls).await
+    greet_as(version, tcp, addr, token, deadline, tls).await
 }
 
-/// On a connected socket: TLS handshake (with `tls`), HELLO, WELCOME, by `deadline`.
+/// On a connected socket: TLS handshake (with `tls`), HELLO version 1, WELCOME, by
+/// `deadline`.
 pub async fn greet(
+    tcp: TcpStream,
+    addr: &str,
+    token: Option<&str>,
+    deadline: Instant,
+    tls: Option<&TlsTarget>,
+) -> Result<Opened, String> {
+    greet_as(wire::VERSION, tcp, addr, token, deadline, tls).await
+}
+
+/// [`greet`] with HELLO `version`. A WELCOME must name a version the bench asked for at
+/// most, and a version-2 one must be the 35-byte form.
+pub async fn greet_as(
+    version: u16,
     tcp: TcpStream,
     addr: &str,
     token: Option<&str>,
@@ -110,16 +149,21 @@ pub async fn greet(
         },
     };
     let hello = Request::Hello {
-        version: wire::VERSION,
+        version,
         token: Bytes::copy_from_slice(token.unwrap_or_default().as_bytes()),
     };
     write(&mut stream, &hello.to_bytes(), deadline)
         .await
         .map_err(|e| format!("sending HELLO to {addr}: {e}"))?;
     let mut buf = BytesMut::with_capacity(64 * 1024);
-    let welcome = loop {
+    let (welcome, workers) = loop {
         match wire::decode_response(&mut buf) {
-            Ok(Some(Response::Welcome(w))) => break w,
+            Ok(Some(Response::Welcome(w))) if w.version == wire::VERSION => break (w, None),
+            Ok(Some(Response::WelcomeV2 { welcome, workers }))
+                if welcome.version == wire::VERSION_2 && version >= wire::VERSION_2 =>
+            {
+                break (welcome, Some(workers))
+            }
             Ok(Some(other)) => return Err(format!("{addr} answered HELLO with {other:?}")),
             Err(e) => return Err(format!("{addr} sent a malformed frame: {e}")),
             Ok(None) => {}
@@ -135,6 +179,7 @@ pub async fn greet(
         stream,
         buf,
         welcome,
+        workers,
     })
 }
 
@@ -162,9 +207,23 @@ struct Pending {
     sent: Instant,
 }
 
+/// What a bulk-leasing connection needs to check and expand its replies.
+struct Bulk {
+    /// IDs per BULK_LEASE.
+    count: u32,
+    /// The layout WELCOME announced: runs expand into blocks with it.
+    layout: Layout,
+    /// The workers WELCOME announced: every run's worker must be one of them.
+    workers: WorkerSet,
+    /// Per worker, one past the position of the last ID received on this connection.
+    next_position: BTreeMap<u16, u64>,
+}
+
 /// The state of one driven connection.
 struct Driver<'a> {
     params: &'a RawParams,
+    /// `Some` with `--bulk`: BULK_LEASEs instead of LEASEs.
+    bulk: Option<Bulk>,
     timeline: Timeline,
     counters: &'a Counters,
     in_flight: VecDeque<Pending>,
@@ -185,10 +244,22 @@ pub async fn drive(
     let Opened {
         mut stream,
         mut buf,
-        ..
+        welcome,
+        workers,
     } = opened;
+    let bulk = match bulk_context(&params, &welcome, workers) {
+        Ok(bulk) => bulk,
+        Err(kind) => {
+            return ConnOutcome {
+                blocks: Vec::new(),
+                latency: stats::histogram(),
+                errors: BTreeMap::from([(kind, 1)]),
+            }
+        }
+    };
     let mut driver = Driver {
         params: &params,
+        bulk,
         timeline,
         counters: &counters,
         in_flight: VecDeque::with_capacity(params.depth),
@@ -205,6 +276,32 @@ pub async fn drive(
         driver.error(kind);
     }
     driver.outcome
+}
+
+/// The bulk context of a connection driven with `--bulk` (`None` without it).
+fn bulk_context(
+    params: &RawParams,
+    welcome: &Welcome,
+    workers: Option<WorkerSet>,
+) -> Result<Option<Bulk>, String> {
+    let Some(count) = params.bulk else {
+        return Ok(None);
+    };
+    let workers =
+        workers.ok_or("--bulk on a version-1 connection (the server sent no version-2 WELCOME)")?;
+    let layout = Layout::widths(
+        welcome.epoch_unix_ms,
+        welcome.timestamp_bits,
+        welcome.worker_bits,
+        welcome.sequence_bits,
+    )
+    .map_err(|e| format!("the server announced an invalid layout: {e}"))?;
+    Ok(Some(Bulk {
+        count,
+        layout,
+        workers,
+        next_position: BTreeMap::new(),
+    }))
 }
 
 impl Driver<'_> {
@@ -237,18 +334,31 @@ impl Driver<'_> {
         Ok(())
     }
 
-    /// Encodes LEASEs until `depth` are in flight.
+    /// Encodes LEASEs (BULK_LEASEs with `--bulk`) until `depth` are in flight.
     fn top_up(&mut self, now: Instant) {
         while self.in_flight.len() < self.params.depth {
             self.next_request_id = self.next_request_id.wrapping_add(1);
-            wire::Request::Lease {
-                request_id: self.next_request_id,
-                count: self.params.batch,
-            }
-            .encode(&mut self.out);
+            let request_id = self.next_request_id;
+            let (request, asked) = match &self.bulk {
+                Some(bulk) => (
+                    Request::BulkLease {
+                        request_id,
+                        count: bulk.count,
+                    },
+                    bulk.count,
+                ),
+                None => (
+                    Request::Lease {
+                        request_id,
+                        count: self.params.batch,
+                    },
+                    self.params.batch,
+                ),
+            };
+            request.encode(&mut self.out);
             self.in_flight.push_back(Pending {
-                request_id: self.next_request_id,
-                asked: self.params.batch,
+                request_id,
+                asked,
                 sent: now,
             });
         }
@@ -297,6 +407,23 @@ impl Driver<'_> {
                     ids += u64::from(count);
                     leases += 1;
                 }
+                Response::BulkLeased { request_id, runs } => {
+                    let pending = self.answered(request_id)?;
+                    let Some(bulk) = self.bulk.as_mut() else {
+                        break Err("protocol: BULK_LEASED on a LEASE connection".into());
+                    };
+                    let took = take_runs(bulk, &runs, pending.asked, self.params.verify);
+                    for kind in took.errors {
+                        self.error(kind);
+                        errors += 1;
+                    }
+                    self.outcome.blocks.extend(took.blocks);
+                    if pending.sent >= self.timeline.measure_from {
+                        stats::record(&mut self.outcome.latency, now - pending.sent);
+                    }
+                    ids += took.ids;
+                    leases += 1;
+                }
                 Response::Error {
                     request_id, code, ..
                 } => {
@@ -336,6 +463,60 @@ impl Driver<'_> {
     fn error(&mut self, kind: String) {
         *self.outcome.errors.entry(kind).or_default() += 1;
     }
+}
+
+/// What one BULK_LEASED gave: its IDs, its blocks (with `verify`), and what was wrong.
+#[derive(Debug, Default)]
+struct TakenRuns {
+    ids: u64,
+    blocks: Vec<Block>,
+    errors: Vec<String>,
+}
+
+/// Checks a BULK_LEASED's runs as protocol.md section 11 asks of a client and expands them
+/// into blocks. A run that fails a check is counted as an error and neither counted nor
+/// kept; the IDs of the others are.
+fn take_runs(bulk: &mut Bulk, runs: &[Run], asked: u32, verify: bool) -> TakenRuns {
+    let mut taken = TakenRuns::default();
+    let total: u64 = runs.iter().map(|r| u64::from(r.count)).sum();
+    if total == 0 || total > u64::from(asked) {
+        taken
+            .errors
+            .push("protocol: BULK_LEASED run counts outside 1..=asked".into());
+    }
+    for run in runs {
+        let worker = bulk.layout.decompose(run.first_id).worker;
+        if !bulk.workers.contains(worker) {
+            taken
+                .errors
+                .push("protocol: BULK_LEASED run of a worker outside the set".into());
+            continue;
+        }
+        if !bulk.layout.run_fits(run.first_id, run.count) {
+            taken
+                .errors
+                .push("protocol: BULK_LEASED run past the last tick".into());
+            continue;
+        }
+        let start = bulk.layout.position(run.first_id);
+        let floor = bulk.next_position.entry(worker).or_insert(0);
+        if start < *floor {
+            taken
+                .errors
+                .push("protocol: BULK_LEASED run not above its worker's last".into());
+            continue;
+        }
+        *floor = start + u64::from(run.count);
+        taken.ids += u64::from(run.count);
+        if verify {
+            taken.blocks.extend(
+                bulk.layout
+                    .blocks(run.first_id, run.count)
+                    .map(|(first, count)| Block { first, count }),
+            );
+        }
+    }
+    taken
 }
 
 /// `--mode reconnect`: until the stop time, open a connection, lease `batch` once, close.
@@ -411,5 +592,106 @@ async fn once(params: &RawParams, tls: Option<&TlsTarget>) -> Result<Block, Stri
             Ok(Err(e)) => return Err(format!("io: {}", e.kind())),
             Err(_) => return Err("reply timeout".into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn bulk() -> Bulk {
+        Bulk {
+            count: 10_000,
+            layout: Layout::DEFAULT,
+            workers: WorkerSet {
+                first_worker: 4,
+                worker_count: 2,
+                max_bulk: wire::MAX_BULK,
+            },
+            next_position: BTreeMap::new(),
+        }
+    }
+
+    fn run(tick: u64, worker: u16, sequence: u32, count: u32) -> Run {
+        Run {
+            first_id: Layout::DEFAULT.compose(tick, worker, sequence),
+            count,
+        }
+    }
+
+    #[test]
+    fn runs_expand_into_per_tick_blocks_of_every_worker() {
+        let mut b = bulk();
+        let runs = [run(100, 4, 4000, 4096 + 200), run(100, 5, 0, 10)];
+        let taken = take_runs(&mut b, &runs, 10_000, true);
+        assert!(taken.errors.is_empty(), "{:?}", taken.errors);
+        assert_eq!(taken.ids, 4096 + 210);
+        let l = Layout::DEFAULT;
+        let want = [
+            (l.compose(100, 4, 4000), 96),
+            (l.compose(101, 4, 0), 4096),
+            (l.compose(102, 4, 0), 104),
+            (l.compose(100, 5, 0), 10),
+        ];
+        let got: Vec<(u64, u32)> = taken.blocks.iter().map(|b| (b.first, b.count)).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn without_verify_runs_are_counted_but_not_kept() {
+        let taken = take_runs(&mut bulk(), &[run(7, 4, 0, 5000)], 10_000, false);
+        assert_eq!((taken.ids, taken.blocks.len()), (5000, 0));
+    }
+
+    #[test]
+    fn a_run_of_a_foreign_worker_is_an_error_and_not_counted() {
+        let taken = take_runs(
+            &mut bulk(),
+            &[run(7, 4, 0, 5), run(7, 9, 0, 5)],
+            10_000,
+            true,
+        );
+        assert_eq!(taken.ids, 5);
+        assert_eq!(taken.blocks.len(), 1);
+        assert!(
+            taken.errors[0].contains("outside the set"),
+            "{:?}",
+            taken.errors
+        );
+    }
+
+    #[test]
+    fn more_ids_than_asked_is_an_error() {
+        let taken = take_runs(&mut bulk(), &[run(7, 4, 0, 11)], 10, true);
+        assert!(
+            taken.errors[0].contains("outside 1..=asked"),
+            "{:?}",
+            taken.errors
+        );
+    }
+
+    #[test]
+    fn a_run_not_above_its_workers_last_is_an_error() {
+        let mut b = bulk();
+        assert!(take_runs(&mut b, &[run(7, 4, 0, 100)], 10_000, true)
+            .errors
+            .is_empty());
+        let again = take_runs(&mut b, &[run(7, 4, 50, 10)], 10_000, true);
+        assert_eq!(again.ids, 0);
+        assert!(again.errors[0].contains("not above"), "{:?}", again.errors);
+        // Another worker has its own floor.
+        assert!(take_runs(&mut b, &[run(7, 5, 0, 10)], 10_000, true)
+            .errors
+            .is_empty());
+    }
+
+    #[test]
+    fn a_run_past_the_last_tick_is_an_error() {
+        let last = Layout::DEFAULT.max_tick();
+        let taken = take_runs(&mut bulk(), &[run(last, 4, 4000, 200)], 10_000, true);
+        assert_eq!(taken.ids, 0);
+        assert!(taken.errors[0].contains("last tick"), "{:?}", taken.errors);
     }
 }

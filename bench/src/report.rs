@@ -31,6 +31,8 @@ pub struct ReportSettings {
     pub depth: usize,
     /// IDs per LEASE or per `lease()` call.
     pub batch: u32,
+    /// IDs per BULK_LEASE (raw and fairness with `--bulk`); `None` when LEASEs were sent.
+    pub bulk: Option<u32>,
     /// Client mode tasks.
     pub tasks: usize,
     /// Runtime threads.
@@ -104,6 +106,7 @@ impl Report {
                 connections: settings.connections,
                 depth: settings.depth,
                 batch: settings.batch,
+                bulk: settings.bulk,
                 tasks: settings.tasks,
                 threads: settings.threads,
                 duration_s: secs,
@@ -237,12 +240,22 @@ fn latency_text(l: &Latency) -> String {
     )
 }
 
+/// What each load request asks: a LEASE of `batch` or a BULK_LEASE of `bulk`.
+fn request_text(s: &ReportSettings) -> String {
+    match s.bulk {
+        Some(n) => format!("BULK_LEASE {n} (version 2)"),
+        None => format!("batch {}", s.batch),
+    }
+}
+
 /// The load a mode puts on the server, in words.
 fn load_shape(s: &ReportSettings) -> String {
     match s.mode {
         "raw" => format!(
-            "{} connections x depth {}, batch {}",
-            s.connections, s.depth, s.batch
+            "{} connections x depth {}, {}",
+            s.connections,
+            s.depth,
+            request_text(s)
         ),
         "client-lease" => format!("{} tasks, lease({})", s.tasks, s.batch),
         "reconnect" => format!(
@@ -250,8 +263,10 @@ fn load_shape(s: &ReportSettings) -> String {
             s.connections, s.batch
         ),
         "fairness" => format!(
-            "{} connections x depth {}, batch {}, plus one idle connection probing",
-            s.connections, s.depth, s.batch
+            "{} connections x depth {}, {}, plus one idle connection probing",
+            s.connections,
+            s.depth,
+            request_text(s)
         ),
         "peer-cap" => format!("{} connections held by one peer", s.connections),
         _ => format!(
@@ -315,6 +330,7 @@ mod tests {
             connections: 2,
             depth: 4,
             batch: 4096,
+            bulk: None,
             tasks: 1,
             threads: 1,
             duration: Duration::from_secs(2),

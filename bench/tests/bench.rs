@@ -43,8 +43,23 @@ fn run_bench(args: &[&str]) -> (i32, String, String) {
 }
 
 fn json_report(mode: &str, extra: &[&str]) -> serde_json::Value {
-    let server = start(ServerConfig::for_tests(4)).unwrap();
-    let dir = std::env::temp_dir().join(format!("snowlease-bench-{}-{mode}", std::process::id()));
+    json_report_from(ServerConfig::for_tests(4), mode, extra)
+}
+
+/// A server holding worker ids 4..=7 (protocol version 2 lets a bulk lease take them all).
+fn four_workers() -> ServerConfig {
+    let mut config = ServerConfig::for_tests(4);
+    config.worker_count = 4;
+    config
+}
+
+fn json_report_from(config: ServerConfig, mode: &str, extra: &[&str]) -> serde_json::Value {
+    let server = start(config).unwrap();
+    let tag = extra.concat().len();
+    let dir = std::env::temp_dir().join(format!(
+        "snowlease-bench-{}-{mode}-{tag}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("report.json");
     let svg = dir.join("chart.svg");
@@ -69,7 +84,14 @@ fn json_report(mode: &str, extra: &[&str]) -> serde_json::Value {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let chart = std::fs::read_to_string(&svg).unwrap();
-    assert!(chart.starts_with("<svg") && chart.contains("ceiling 4,096,000 IDs/s"));
+    // 4,096,000 IDs/s per worker the load could be served from.
+    let ceiling = snowlease_bench::stats::thousands(
+        4_096_000 * report["workers"].as_array().unwrap().len() as u64,
+    );
+    assert!(
+        chart.starts_with("<svg") && chart.contains(&format!("ceiling {ceiling} IDs/s")),
+        "{ceiling}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
     server.shutdown();
     report
@@ -174,6 +196,111 @@ fn a_fairness_run_times_the_idle_probe_beside_whole_tick_leases() {
     assert!(probe["latency"]["p99_us"].as_f64().unwrap() > 0.0);
     assert_eq!(report["settings"]["depth"], 1);
     assert_eq!(report["verify"]["overlaps"], 0);
+}
+
+#[test]
+fn a_bulk_raw_run_takes_ids_from_every_worker_and_verifies_every_block() {
+    let report = json_report_from(
+        four_workers(),
+        "raw",
+        &["--bulk", "100000", "--connections", "1", "--depth", "2"],
+    );
+    assert_eq!(report["settings"]["bulk"], 100_000, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["workers"], serde_json::json!([4, 5, 6, 7]));
+    let verify = &report["verify"];
+    assert_eq!(verify["overlaps"], 0);
+    assert!(verify["ids"].as_u64().unwrap() >= report["ids"].as_u64().unwrap());
+    // Each run is expanded into per-tick blocks: many blocks per reply.
+    let leases = report["leases"].as_u64().unwrap();
+    assert!(leases > 0, "{report}");
+    assert!(verify["blocks"].as_u64().unwrap() > leases, "{report}");
+    assert!(report["ids"].as_u64().unwrap() > leases * 4096, "{report}");
+}
+
+#[test]
+fn a_bulk_fairness_run_keeps_the_probe_a_version_1_lease_of_one() {
+    let report = json_report_from(
+        four_workers(),
+        "fairness",
+        &[
+            "--bulk",
+            "16384",
+            "--connections",
+            "20",
+            "--warmup",
+            "0.2",
+            "--probe-interval-ms",
+            "2",
+        ],
+    );
+    let probe = &report["probe"];
+    assert!(probe["served"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(probe["served"], probe["sent"], "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["settings"]["bulk"], 16_384);
+    assert_eq!(report["verify"]["overlaps"], 0);
+    // The bulk load spans more than one tick per reply.
+    let leases = report["leases"].as_u64().unwrap() - probe["served"].as_u64().unwrap();
+    assert!(report["ids"].as_u64().unwrap() > leases * 4096, "{report}");
+}
+
+#[test]
+fn bulk_is_refused_outside_the_raw_and_fairness_modes_and_above_max_bulk() {
+    let server = start(ServerConfig::for_tests(4)).unwrap();
+    let addr = server.lease_addr().to_string();
+    let (code, _, stderr) = run_bench(&[
+        "--addr",
+        &addr,
+        "--mode",
+        "client",
+        "--bulk",
+        "10",
+        "--duration",
+        "1",
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("--bulk works with --mode raw and --mode fairness"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = run_bench(&["--addr", &addr, "--bulk", "4194305", "--duration", "1"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("4194305"), "{stderr}");
+    server.shutdown();
+}
+
+#[test]
+fn a_bulk_run_against_the_server_binary_with_four_workers_verifies() {
+    let Some(bin) = server_next_to_bench() else {
+        return;
+    };
+    let server = snowlease_testkit::ServerCommand::new(bin)
+        .args(["--worker-ids", "8-11", "--threads", "1"])
+        .spawn()
+        .unwrap();
+    let lease = server.lease_addr().to_string();
+    let (code, stdout, stderr) = run_bench(&[
+        "--addr",
+        &lease,
+        "--bulk",
+        "1048576",
+        "--connections",
+        "1",
+        "--depth",
+        "2",
+        "--duration",
+        "0.5",
+        "--quiet",
+    ]);
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout.contains("BULK_LEASE 1048576 (version 2)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("[8, 9, 10, 11]"), "{stdout}");
+    assert!(stdout.contains("verify        ok:"), "{stdout}");
+    assert!(stdout.contains("errors        0"), "{stdout}");
 }
 
 #[test]
