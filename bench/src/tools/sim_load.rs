@@ -493,14 +493,16 @@ fn secs(v: f64) -> Duration {
     Duration::from_secs_f64(v)
 }
 
-async fn drive(args: &Args) -> Result<Report, String> {
-    let expect = args.expect_workers;
+/// `--clients` clients of the address, each with a buffer of `--buffer-ms` of its share of
+/// the expected workers' ceiling.
+async fn connect_all(args: &Args) -> Result<Vec<Client>, String> {
     let timeout = Duration::from_millis(args.timeout_ms);
     // Sized with the default layout's tick (the one the simulation runs); only the buffer's
     // size depends on it, never a check.
     let per_ms = u64::from(Layout::DEFAULT.max_lease());
-    let capacity = (u64::from(expect) * per_ms * args.buffer_ms / u64::from(args.clients))
-        .max(snowlease::client::DEFAULT_BUFFER_CAPACITY);
+    let capacity = (u64::from(args.expect_workers) * per_ms * args.buffer_ms
+        / u64::from(args.clients))
+    .max(snowlease::client::DEFAULT_BUFFER_CAPACITY);
     let config = ClientConfig::new([args.addr.clone()])
         .timeout(timeout)
         .connect_timeout(timeout)
@@ -511,35 +513,80 @@ async fn drive(args: &Args) -> Result<Report, String> {
     for c in connects {
         clients.push(c.map_err(|e| format!("the client could not connect to {}: {e}", args.addr))?);
     }
-    let layout = clients[0].layout();
-    let workers = usize::from(expect);
-    let timeline = Arc::new(Timeline {
-        base: Instant::now(),
-        measure_from: AtomicU64::new(0),
-        duration: secs(args.duration),
-        bucket: Duration::from_millis(args.bucket_ms),
-        seen: (0..usize::from(layout.max_worker()) / 64 + 1)
-            .map(|_| AtomicU64::new(0))
-            .collect(),
-    });
-    let tasks = args.tasks.max(args.clients) as usize;
-    let handles: Vec<_> = (0..tasks)
-        .map(|i| {
-            tokio::spawn(task(
-                clients[i % clients.len()].clone(),
-                layout,
-                args.max,
-                timeline.clone(),
-                args.per_worker_series,
-                workers,
-            ))
-        })
-        .collect();
+    Ok(clients)
+}
 
+/// What every task saw, added up.
+#[derive(Default)]
+struct Merged {
+    fold: Fold,
+    series: Vec<u64>,
+    per_worker: Vec<u64>,
+    worker_series: Vec<Vec<u64>>,
+    calls: u64,
+    errors: u64,
+    warmup_errors: u64,
+    error_kinds: BTreeMap<String, u64>,
+}
+
+impl Merged {
+    /// Waits for every task and adds up what it saw; a task that failed counts as an error.
+    async fn of(
+        handles: Vec<tokio::task::JoinHandle<TaskOutcome>>,
+        buckets: usize,
+        workers: usize,
+        per_worker_series: bool,
+    ) -> Merged {
+        let mut m = Merged {
+            series: vec![0; buckets],
+            per_worker: vec![0; workers],
+            worker_series: vec![vec![0; buckets]; if per_worker_series { workers } else { 0 }],
+            ..Merged::default()
+        };
+        for h in handles {
+            let o = match h.await {
+                Ok(o) => o,
+                Err(e) => {
+                    *m.error_kinds
+                        .entry(format!("task failed: {e}"))
+                        .or_default() += 1;
+                    m.errors += 1;
+                    continue;
+                }
+            };
+            m.fold.absorb(o.fold);
+            add(&mut m.series, &o.series);
+            add(&mut m.per_worker, &o.per_worker);
+            for (mine, theirs) in m.worker_series.iter_mut().zip(&o.worker_series) {
+                add(mine, theirs);
+            }
+            m.calls += o.calls;
+            m.errors += o.errors;
+            m.warmup_errors += o.warmup_errors;
+            for (k, n) in o.error_kinds {
+                *m.error_kinds.entry(k).or_default() += n;
+            }
+        }
+        m
+    }
+}
+
+/// The measured window, as [`window`] ran it.
+struct Window {
+    warmup_s: f64,
+    workers_at_start: u32,
+    started_unix_ms: u64,
+    cpu_s: f64,
+}
+
+/// Warm-up until every expected worker answered (at most `--warmup-max`), `--settle`, then
+/// the measured window: its start goes to `--ready-file`, and this process's CPU time over it
+/// is returned.
+async fn window(args: &Args, timeline: &Timeline) -> Result<Window, String> {
     // Warm-up: bounded by --warmup-max, polled every 20 ms (a guess: fine-grained next to
     // the settle time, cheap next to the load).
     let warm_deadline = timeline.base + secs(args.warmup_max);
-    while timeline.seen_count() < u32::from(expect) && Instant::now() < warm_deadline {
+    while timeline.seen_count() < u32::from(args.expect_workers) && Instant::now() < warm_deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let warmup_s = timeline.base.elapsed().as_secs_f64();
@@ -556,35 +603,70 @@ async fn drive(args: &Args) -> Result<Report, String> {
     tokio::time::sleep_until(started + timeline.duration).await;
     let cpu_s = cpu_seconds() - cpu_before;
 
-    let mut fold = Fold::default();
-    let mut series = vec![0u64; timeline.buckets()];
-    let mut per_worker = vec![0u64; workers];
-    let mut worker_series =
-        vec![vec![0u64; timeline.buckets()]; if args.per_worker_series { workers } else { 0 }];
-    let (mut calls, mut errors, mut warmup_errors) = (0, 0, 0);
-    let mut error_kinds = BTreeMap::new();
-    for h in handles {
-        let o = match h.await {
-            Ok(o) => o,
-            Err(e) => {
-                *error_kinds.entry(format!("task failed: {e}")).or_default() += 1;
-                errors += 1;
-                continue;
-            }
-        };
-        fold.absorb(o.fold);
-        add(&mut series, &o.series);
-        add(&mut per_worker, &o.per_worker);
-        for (mine, theirs) in worker_series.iter_mut().zip(&o.worker_series) {
-            add(mine, theirs);
-        }
-        calls += o.calls;
-        errors += o.errors;
-        warmup_errors += o.warmup_errors;
-        for (k, n) in o.error_kinds {
-            *error_kinds.entry(k).or_default() += n;
-        }
-    }
+    Ok(Window {
+        warmup_s,
+        workers_at_start,
+        started_unix_ms,
+        cpu_s,
+    })
+}
+
+/// `--tasks` load tasks (at least one per client) spread over the clients.
+fn spawn_tasks(
+    args: &Args,
+    clients: &[Client],
+    layout: Layout,
+    timeline: &Arc<Timeline>,
+    workers: usize,
+) -> (usize, Vec<tokio::task::JoinHandle<TaskOutcome>>) {
+    let tasks = args.tasks.max(args.clients) as usize;
+    let handles = (0..tasks)
+        .map(|i| {
+            tokio::spawn(task(
+                clients[i % clients.len()].clone(),
+                layout,
+                args.max,
+                timeline.clone(),
+                args.per_worker_series,
+                workers,
+            ))
+        })
+        .collect();
+    (tasks, handles)
+}
+
+async fn drive(args: &Args) -> Result<Report, String> {
+    let expect = args.expect_workers;
+    let clients = connect_all(args).await?;
+    let layout = clients[0].layout();
+    let workers = usize::from(expect);
+    let timeline = Arc::new(Timeline {
+        base: Instant::now(),
+        measure_from: AtomicU64::new(0),
+        duration: secs(args.duration),
+        bucket: Duration::from_millis(args.bucket_ms),
+        seen: (0..usize::from(layout.max_worker()) / 64 + 1)
+            .map(|_| AtomicU64::new(0))
+            .collect(),
+    });
+    let (tasks, handles) = spawn_tasks(args, &clients, layout, &timeline, workers);
+
+    let Window {
+        warmup_s,
+        workers_at_start,
+        started_unix_ms,
+        cpu_s,
+    } = window(args, &timeline).await?;
+    let Merged {
+        fold,
+        series,
+        per_worker,
+        worker_series,
+        calls,
+        errors,
+        warmup_errors,
+        error_kinds,
+    } = Merged::of(handles, timeline.buckets(), workers, args.per_worker_series).await;
     for c in &clients {
         c.close().await;
     }
