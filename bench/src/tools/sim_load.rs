@@ -387,7 +387,8 @@ pub struct Report {
     pub ok: bool,
 }
 
-/// What one task brings back.
+/// What one task brings back; also what all of them saw, added up ([`TaskOutcome::merge`]).
+#[derive(Default)]
 struct TaskOutcome {
     fold: Fold,
     series: Vec<u64>,
@@ -516,58 +517,47 @@ async fn connect_all(args: &Args) -> Result<Vec<Client>, String> {
     Ok(clients)
 }
 
-/// What every task saw, added up.
-#[derive(Default)]
-struct Merged {
-    fold: Fold,
-    series: Vec<u64>,
-    per_worker: Vec<u64>,
-    worker_series: Vec<Vec<u64>>,
-    calls: u64,
-    errors: u64,
-    warmup_errors: u64,
-    error_kinds: BTreeMap<String, u64>,
-}
-
-impl Merged {
+impl TaskOutcome {
     /// Waits for every task and adds up what it saw; a task that failed counts as an error.
-    async fn of(
+    async fn merge(
         handles: Vec<tokio::task::JoinHandle<TaskOutcome>>,
         buckets: usize,
         workers: usize,
         per_worker_series: bool,
-    ) -> Merged {
-        let mut m = Merged {
+    ) -> TaskOutcome {
+        let mut m = TaskOutcome {
             series: vec![0; buckets],
             per_worker: vec![0; workers],
             worker_series: vec![vec![0; buckets]; if per_worker_series { workers } else { 0 }],
-            ..Merged::default()
+            ..TaskOutcome::default()
         };
         for h in handles {
-            let o = match h.await {
-                Ok(o) => o,
+            match h.await {
+                Ok(o) => m.absorb(o),
                 Err(e) => {
                     *m.error_kinds
                         .entry(format!("task failed: {e}"))
                         .or_default() += 1;
                     m.errors += 1;
-                    continue;
                 }
-            };
-            m.fold.absorb(o.fold);
-            add(&mut m.series, &o.series);
-            add(&mut m.per_worker, &o.per_worker);
-            for (mine, theirs) in m.worker_series.iter_mut().zip(&o.worker_series) {
-                add(mine, theirs);
-            }
-            m.calls += o.calls;
-            m.errors += o.errors;
-            m.warmup_errors += o.warmup_errors;
-            for (k, n) in o.error_kinds {
-                *m.error_kinds.entry(k).or_default() += n;
             }
         }
         m
+    }
+
+    fn absorb(&mut self, o: TaskOutcome) {
+        self.fold.absorb(o.fold);
+        add(&mut self.series, &o.series);
+        add(&mut self.per_worker, &o.per_worker);
+        for (mine, theirs) in self.worker_series.iter_mut().zip(&o.worker_series) {
+            add(mine, theirs);
+        }
+        self.calls += o.calls;
+        self.errors += o.errors;
+        self.warmup_errors += o.warmup_errors;
+        for (k, n) in o.error_kinds {
+            *self.error_kinds.entry(k).or_default() += n;
+        }
     }
 }
 
@@ -657,7 +647,7 @@ async fn drive(args: &Args) -> Result<Report, String> {
         started_unix_ms,
         cpu_s,
     } = window(args, &timeline).await?;
-    let Merged {
+    let TaskOutcome {
         fold,
         series,
         per_worker,
@@ -666,7 +656,7 @@ async fn drive(args: &Args) -> Result<Report, String> {
         errors,
         warmup_errors,
         error_kinds,
-    } = Merged::of(handles, timeline.buckets(), workers, args.per_worker_series).await;
+    } = TaskOutcome::merge(handles, timeline.buckets(), workers, args.per_worker_series).await;
     for c in &clients {
         c.close().await;
     }
