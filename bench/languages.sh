@@ -168,7 +168,8 @@ for name, key, base in rows:
         print(f"| {name} | not run | | | |")
         continue
     each = " / ".join(f"{v:,.0f}" for v in runs[key])
-    ratio = f"{med[key] / med[base]:,.0f}x" if base and med.get(base) else ""
+    r = med[key] / med[base] if base and med.get(base) else None
+    ratio = "" if r is None else (f"{r:.1f}x" if r < 10 else f"{r:,.0f}x")
     share = f"{med[key] / 4_096_000:.1%}" if med[key] > 100_000 else ""
     print(f"| {name} | {med[key]:,.0f} | {each} | {ratio} | {share} |")
 EOF
