@@ -290,16 +290,12 @@ where
                 let mut framed = Framed::new(socket, ServerCodec);
                 while let Some(Ok(request)) = framed.next().await {
                     let reply = match request {
-                        Request::Hello { .. } => Response::Welcome(Welcome {
-                            version: 1,
-                            worker_id: FAKE_WORKER,
-                            epoch_unix_ms: Layout::DEFAULT.epoch_unix_ms(),
-                            timestamp_bits: 41,
-                            worker_bits: 10,
-                            sequence_bits: 12,
-                            max_lease: 4096,
-                            server_unix_ms: unix_ms_now(),
-                        }),
+                        Request::Hello { .. } => Response::Welcome(Welcome::announcing(
+                            1,
+                            FAKE_WORKER,
+                            &Layout::DEFAULT,
+                            unix_ms_now(),
+                        )),
                         Request::Lease { request_id, count } => {
                             answer(leases.fetch_add(1, Ordering::SeqCst), request_id, count)
                         }

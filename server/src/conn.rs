@@ -244,16 +244,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<'_, S> {
         self.version = version.min(wire::MAX_VERSION);
         let leaser = &self.shared.leaser;
         let layout = leaser.first().layout();
-        let welcome = Welcome {
-            version: self.version,
-            worker_id: leaser.workers()[self.home].worker(),
-            epoch_unix_ms: layout.epoch_unix_ms(),
-            timestamp_bits: layout.timestamp_bits(),
-            worker_bits: layout.worker_bits(),
-            sequence_bits: layout.sequence_bits(),
-            max_lease: layout.max_lease(),
-            server_unix_ms: snowlease_proto::layout::unix_ms_now(),
-        };
+        let welcome = Welcome::announcing(
+            self.version,
+            leaser.workers()[self.home].worker(),
+            &layout,
+            snowlease_proto::layout::unix_ms_now(),
+        );
         let response = if self.version >= wire::VERSION_2 {
             Response::WelcomeV2 {
                 welcome,

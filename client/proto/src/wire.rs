@@ -13,6 +13,8 @@ use std::fmt;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use crate::layout::{Layout, LayoutError};
+
 /// Protocol version 1, the base protocol: what a client that does not use bulk leases sends in
 /// HELLO, and what a connection without HELLO speaks.
 pub const VERSION: u16 = 1;
@@ -246,6 +248,39 @@ pub struct Welcome {
     pub max_lease: u32,
     /// Server wall clock when it sent WELCOME, Unix milliseconds.
     pub server_unix_ms: u64,
+}
+
+impl Welcome {
+    /// A WELCOME announcing `layout` and its whole `max_lease`: what the server sends, and
+    /// [`Welcome::layout`]'s inverse.
+    pub fn announcing(
+        version: u16,
+        worker_id: u16,
+        layout: &Layout,
+        server_unix_ms: u64,
+    ) -> Welcome {
+        Welcome {
+            version,
+            worker_id,
+            epoch_unix_ms: layout.epoch_unix_ms(),
+            timestamp_bits: layout.timestamp_bits(),
+            worker_bits: layout.worker_bits(),
+            sequence_bits: layout.sequence_bits(),
+            max_lease: layout.max_lease(),
+            server_unix_ms,
+        }
+    }
+
+    /// The layout this WELCOME announces, or why its widths make none. The codec accepts any
+    /// widths; a client checks them here before it trusts a single ID.
+    pub fn layout(&self) -> Result<Layout, LayoutError> {
+        Layout::widths(
+            self.epoch_unix_ms,
+            self.timestamp_bits,
+            self.worker_bits,
+            self.sequence_bits,
+        )
+    }
 }
 
 /// A frame a server sends.
@@ -681,17 +716,22 @@ mod tests {
     }
 
     #[test]
+    fn a_welcome_announcing_a_layout_yields_that_layout_and_bad_widths_none() {
+        let custom = Layout::widths(1_000, 39, 8, 16).unwrap();
+        for layout in [Layout::DEFAULT, custom] {
+            let w = Welcome::announcing(2, 9, &layout, 5);
+            assert_eq!((w.version, w.worker_id, w.server_unix_ms), (2, 9, 5));
+            assert_eq!(w.max_lease, layout.max_lease());
+            assert_eq!(w.layout(), Ok(layout));
+        }
+        let mut bad = Welcome::announcing(1, 9, &Layout::DEFAULT, 5);
+        bad.sequence_bits = 11;
+        assert!(bad.layout().is_err(), "widths summing to 62 bits");
+    }
+
+    #[test]
     fn welcome_has_the_documented_bytes() {
-        let w = Welcome {
-            version: 1,
-            worker_id: 7,
-            epoch_unix_ms: 1_704_067_200_000,
-            timestamp_bits: 41,
-            worker_bits: 10,
-            sequence_bits: 12,
-            max_lease: 4096,
-            server_unix_ms: 1_764_288_000_000,
-        };
+        let w = Welcome::announcing(1, 7, &Layout::DEFAULT, 1_764_288_000_000);
         let b = Response::Welcome(w).to_bytes();
         assert_eq!(
             hex(&b),
@@ -780,16 +820,7 @@ mod tests {
 
     #[test]
     fn a_version_2_welcome_carries_the_worker_set_and_a_version_1_one_does_not() {
-        let welcome = Welcome {
-            version: 2,
-            worker_id: 64,
-            epoch_unix_ms: 1_704_067_200_000,
-            timestamp_bits: 41,
-            worker_bits: 10,
-            sequence_bits: 12,
-            max_lease: 4096,
-            server_unix_ms: 1_764_288_000_000,
-        };
+        let welcome = Welcome::announcing(2, 64, &Layout::DEFAULT, 1_764_288_000_000);
         let v2 = Response::WelcomeV2 {
             welcome,
             workers: WorkerSet {

@@ -352,13 +352,7 @@ pub(crate) fn check_welcome(
             body,
         });
     }
-    let layout = Layout::widths(
-        w.epoch_unix_ms,
-        w.timestamp_bits,
-        w.worker_bits,
-        w.sequence_bits,
-    )
-    .map_err(Violation::InvalidLayout)?;
+    let layout = w.layout().map_err(Violation::InvalidLayout)?;
     if w.worker_id > layout.max_worker() {
         return Err(Violation::WorkerOutOfRange {
             worker: w.worker_id,
@@ -618,16 +612,7 @@ mod tests {
     use super::*;
 
     fn welcome() -> Welcome {
-        Welcome {
-            version: 1,
-            worker_id: 7,
-            epoch_unix_ms: Layout::DEFAULT.epoch_unix_ms(),
-            timestamp_bits: 41,
-            worker_bits: 10,
-            sequence_bits: 12,
-            max_lease: 4096,
-            server_unix_ms: 0,
-        }
+        Welcome::announcing(1, 7, &Layout::DEFAULT, 0)
     }
 
     fn set(first_worker: u16, worker_count: u16) -> WorkerSet {
