@@ -23,9 +23,8 @@ use snowlease::layout::unix_ms_now;
 use snowlease::wire::{Request, Response, Run, Welcome, WorkerSet, MAX_BULK};
 use snowlease::{BlockingClient, Client, ClientConfig, Error, IdRange, Layout};
 use snowlease_server::{RunningServer, ServerConfig};
-use support::{
-    cpu_seconds, cpu_seconds_precise, http_get, metric, quick, server_binary_or_skip, ServerProcess,
-};
+use snowlease_testkit::procfs::{cpu_seconds, cpu_seconds_precise};
+use support::{http_get, metric, quick, server_binary_or_skip, ServerProcess};
 use tokio::net::TcpListener;
 use tokio_util::codec::Framed;
 
@@ -224,6 +223,23 @@ async fn a_client_drawing_faster_than_one_worker_leases_in_bulk_and_version_1_do
     }
 }
 
+/// Draws at full speed while `stop` runs beside the callers, then more than the buffer holds
+/// (so what the stopped server sent before it closed is used up), and returns the workers that
+/// served the 3,000,000 IDs drawn after that.
+async fn draw_through(
+    client: &Client,
+    ranges: &mut Vec<IdRange>,
+    stop: impl FnOnce() + Send + 'static,
+) -> Vec<u16> {
+    let stopping = tokio::task::spawn_blocking(stop);
+    draw(client, 3_000_000, ranges).await;
+    stopping.await.unwrap();
+    draw(client, 1_000_000, ranges).await;
+    let tail = ranges.len();
+    draw(client, 3_000_000, ranges).await;
+    workers(&ranges[tail..])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_leases_in_flight_survive_goaway_and_an_aborted_server_without_a_repeat() {
     let (a, b, c) = (four_workers(0), four_workers(4), four_workers(8));
@@ -238,25 +254,10 @@ async fn bulk_leases_in_flight_survive_goaway_and_an_aborted_server_without_a_re
     };
     draw_until(&client, &mut ranges, |r| servers(r) == [0, 1, 2]).await;
     // GOAWAY while drawing at full speed: A answers what it read, the rest goes elsewhere.
-    let stopping = tokio::task::spawn_blocking(move || a.shutdown());
-    draw(&client, 3_000_000, &mut ranges).await;
-    stopping.await.unwrap();
-    // More than the buffer holds, so what A sent before it closed is used up.
-    draw(&client, 1_000_000, &mut ranges).await;
-    let tail = ranges.len();
-    draw(&client, 3_000_000, &mut ranges).await;
-    assert!(
-        workers(&ranges[tail..]).iter().all(|&w| w >= 4),
-        "A still served"
-    );
+    let after = draw_through(&client, &mut ranges, move || a.shutdown()).await;
+    assert!(after.iter().all(|&w| w >= 4), "A still served");
     // An abrupt stop: B's connection resets with bulk leases unanswered.
-    let aborting = tokio::task::spawn_blocking(move || b.abort());
-    draw(&client, 3_000_000, &mut ranges).await;
-    aborting.await.unwrap();
-    draw(&client, 1_000_000, &mut ranges).await;
-    let tail = ranges.len();
-    draw(&client, 3_000_000, &mut ranges).await;
-    let left = workers(&ranges[tail..]);
+    let left = draw_through(&client, &mut ranges, move || b.abort()).await;
     assert!(
         left.iter().all(|w| (8..12).contains(w)),
         "only C is left: {left:?}"
@@ -313,7 +314,7 @@ fn the_server_binary_with_four_workers_serves_bulk_leases_and_drains_with_goaway
     let Some(bin) = server_binary_or_skip("bulk binary test") else {
         return;
     };
-    let servers = [
+    let mut servers = [
         ServerProcess::start_with(&bin, &["--worker-ids", "0-3", "--threads", "1"], None),
         ServerProcess::start_with(&bin, &["--worker-ids", "4-7", "--threads", "1"], None),
     ];
@@ -429,16 +430,7 @@ async fn fake_v2_server(bad: fn(Asked) -> Response) -> (SocketAddr, Arc<Mutex<Op
 
 fn welcome_v2() -> Response {
     Response::WelcomeV2 {
-        welcome: Welcome {
-            version: 2,
-            worker_id: 4,
-            epoch_unix_ms: Layout::DEFAULT.epoch_unix_ms(),
-            timestamp_bits: 41,
-            worker_bits: 10,
-            sequence_bits: 12,
-            max_lease: 4096,
-            server_unix_ms: unix_ms_now(),
-        },
+        welcome: Welcome::announcing(2, 4, &Layout::DEFAULT, unix_ms_now()),
         workers: WorkerSet {
             first_worker: 4,
             worker_count: 4,
@@ -717,16 +709,16 @@ async fn measure_one(server: &ServerProcess, version: u16, consumer: &str, secs:
     let pid = server.pid();
     let (before, cpu0, precise0, drawn0, t0) = (
         sample(),
-        cpu_seconds(pid),
-        cpu_seconds_precise(pid),
+        cpu_seconds(pid).unwrap(),
+        cpu_seconds_precise(pid).unwrap(),
         drawn.load(Ordering::Relaxed),
         Instant::now(),
     );
     tokio::time::sleep(Duration::from_secs(secs)).await;
     let (after, cpu1, precise1, drawn1, elapsed) = (
         sample(),
-        cpu_seconds(pid),
-        cpu_seconds_precise(pid),
+        cpu_seconds(pid).unwrap(),
+        cpu_seconds_precise(pid).unwrap(),
         drawn.load(Ordering::Relaxed),
         t0.elapsed(),
     );
