@@ -777,6 +777,19 @@ fn decode_reply(bytes: &[u8]) -> Response {
         .unwrap()
 }
 
+/// Decodes a reply that must be an ERROR frame; `refused` says what was to be refused, for the
+/// failure message.
+fn error_reply(bytes: &[u8], refused: &str) -> (u32, ErrorCode, String) {
+    match decode_reply(bytes) {
+        Response::Error {
+            request_id,
+            code,
+            message,
+        } => (request_id, code, message),
+        other => panic!("{refused} was not refused with ERROR: {other:?}"),
+    }
+}
+
 /// Sends `request` and reads until the server closes.
 fn until_closed(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
     let mut s = connect(addr);
@@ -930,14 +943,8 @@ fn an_exhausted_layout_answers_unavailable_with_the_documented_message() {
     .to_bytes();
     Request::Ping { nonce: 9 }.encode(&mut requests);
     s.write_all(&requests).unwrap();
-    let Response::Error {
-        request_id,
-        code,
-        message,
-    } = decode_reply(&read_frame(&mut s))
-    else {
-        panic!("an exhausted layout did not answer ERROR");
-    };
+    let (request_id, code, message) =
+        error_reply(&read_frame(&mut s), "a lease from an exhausted layout");
     assert_eq!(
         decode_reply(&read_frame(&mut s)),
         Response::Pong { nonce: 9 }
@@ -963,9 +970,7 @@ fn a_live_server_answers_bulk_leases_as_documented() {
     let all_dumps = dumps(&doc());
     // Version 1 does not know BULK_LEASE: MALFORMED, then the connection closes.
     let got = until_closed(server.lease_addr(), &dump(&all_dumps, "BULK_LEASE").bytes());
-    let Response::Error { code, .. } = decode_reply(&got) else {
-        panic!("BULK_LEASE on a version-1 connection was not refused");
-    };
+    let (_, code, _) = error_reply(&got, "BULK_LEASE on a version-1 connection");
     assert_eq!(code, ErrorCode::MALFORMED);
 
     let mut requests = Request::Hello {
@@ -1001,14 +1006,7 @@ fn a_live_server_answers_bulk_leases_as_documented() {
             assert!(layout.decompose(id).sequence + n <= layout.max_lease());
         }
     }
-    let Response::Error {
-        request_id,
-        code,
-        message,
-    } = decode_reply(&read_frame(&mut s))
-    else {
-        panic!("a bulk count of 0 was not refused");
-    };
+    let (request_id, code, message) = error_reply(&read_frame(&mut s), "a bulk count of 0");
     assert_eq!((request_id, code), (9, ErrorCode::INVALID_COUNT));
     assert_eq!(message, "bulk lease count 0 is outside 1..=4194304");
     server.abort();

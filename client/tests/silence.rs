@@ -68,6 +68,31 @@ async fn draw_until_all_serve(client: &Client, want: &[u16], ids: &mut Vec<u64>)
     .unwrap_or_else(|_| panic!("never drew from all of {want:?}"));
 }
 
+/// Draws from `all` four workers until each has served, silences the first two, draws
+/// several buffers' worth and then more that must all come from the two that answer, lets the
+/// two answer again and draws until all four serve: no ID repeats throughout.
+async fn draw_while_two_of_four_are_silent(
+    client: &Client,
+    all: [u16; 4],
+    silence: impl FnOnce(),
+    heal: impl FnOnce(),
+) {
+    let mut ids = Vec::new();
+    draw_until_all_serve(client, &all, &mut ids).await;
+    silence();
+    ids.extend(draw_n(client, 900_000).await);
+    let tail = draw_n(client, 300_000).await;
+    assert_eq!(
+        workers(client, &tail),
+        all[2..],
+        "the silent servers still served"
+    );
+    ids.extend(tail);
+    heal();
+    draw_until_all_serve(client, &all, &mut ids).await;
+    assert_unique(ids);
+}
+
 fn in_process_server(worker_id: u16) -> RunningServer {
     snowlease_server::start(ServerConfig::for_tests(worker_id)).unwrap()
 }
@@ -86,25 +111,13 @@ async fn callers_keep_getting_ids_while_two_of_four_servers_are_silent() {
         .request_timeout(Duration::from_secs(120))
         .timeout(Duration::from_secs(5));
     let client = Client::connect(config).await.unwrap();
-    let mut ids = Vec::new();
-    draw_until_all_serve(&client, &[31, 32, 33, 34], &mut ids).await;
-
-    proxies[0].pause();
-    proxies[1].pause();
-    // Several buffers' worth, then more that must all come from the two that answer.
-    ids.extend(draw_n(&client, 900_000).await);
-    let tail = draw_n(&client, 300_000).await;
-    assert_eq!(
-        workers(&client, &tail),
-        [33, 34],
-        "the silent servers still served"
-    );
-    ids.extend(tail);
-
-    proxies[0].resume();
-    proxies[1].resume();
-    draw_until_all_serve(&client, &[31, 32, 33, 34], &mut ids).await;
-    assert_unique(ids);
+    draw_while_two_of_four_are_silent(
+        &client,
+        [31, 32, 33, 34],
+        || proxies[..2].iter().for_each(PausableProxy::pause),
+        || proxies[..2].iter().for_each(PausableProxy::resume),
+    )
+    .await;
     client.close().await;
     tokio::task::spawn_blocking(move || servers.into_iter().for_each(RunningServer::shutdown))
         .await
@@ -126,22 +139,13 @@ async fn servers_stopped_with_sigstop_are_worked_around_and_used_again_after_sig
     ))
     .await
     .unwrap();
-    let mut ids = Vec::new();
-    draw_until_all_serve(&client, &[41, 42, 43, 44], &mut ids).await;
-    servers[0].stop();
-    servers[1].stop();
-    ids.extend(draw_n(&client, 900_000).await);
-    let tail = draw_n(&client, 300_000).await;
-    assert_eq!(
-        workers(&client, &tail),
-        [43, 44],
-        "the stopped servers still served"
-    );
-    ids.extend(tail);
-    servers[0].resume();
-    servers[1].resume();
-    draw_until_all_serve(&client, &[41, 42, 43, 44], &mut ids).await;
-    assert_unique(ids);
+    draw_while_two_of_four_are_silent(
+        &client,
+        [41, 42, 43, 44],
+        || servers[..2].iter().for_each(ServerProcess::stop),
+        || servers[..2].iter().for_each(ServerProcess::resume),
+    )
+    .await;
     client.close().await;
 }
 

@@ -524,6 +524,13 @@ mod tests {
         d
     }
 
+    /// Why opening the state in `dir` as `worker` with `layout` is refused.
+    fn refusal(dir: &Path, worker: u16, layout: Layout) -> String {
+        StateStore::open(dir, worker, layout, false)
+            .unwrap_err()
+            .to_string()
+    }
+
     #[test]
     fn a_written_mark_is_read_back() {
         let dir = tempdir("roundtrip");
@@ -562,18 +569,14 @@ mod tests {
         let path = dir.join(STATE_FILE);
         let text = fs::read_to_string(&path).unwrap();
         fs::write(&path, &text[..text.len() - 10]).unwrap();
-        let err = StateStore::open(&dir, 1, Layout::DEFAULT, false)
-            .unwrap_err()
-            .to_string();
+        let err = refusal(&dir, 1, Layout::DEFAULT);
         assert!(err.contains("is corrupt"), "{err}");
         fs::write(
             &path,
             text.replace("reserved_until=5000", "reserved_until=9000"),
         )
         .unwrap();
-        let err = StateStore::open(&dir, 1, Layout::DEFAULT, false)
-            .unwrap_err()
-            .to_string();
+        let err = refusal(&dir, 1, Layout::DEFAULT);
         assert!(err.contains("checksum mismatch"), "{err}");
         // The operator override starts afresh.
         let (_, prev) = StateStore::open(&dir, 1, Layout::DEFAULT, true).unwrap();
@@ -586,25 +589,19 @@ mod tests {
         let dir = tempdir("mismatch");
         let (store, _) = StateStore::open(&dir, 3, Layout::DEFAULT, false).unwrap();
         store.persist(1).unwrap();
-        let err = StateStore::open(&dir, 4, Layout::DEFAULT, false)
-            .unwrap_err()
-            .to_string();
+        let err = refusal(&dir, 4, Layout::DEFAULT);
         assert!(
             err.contains("worker_id = 3") && err.contains("worker_id = 4"),
             "{err}"
         );
         let other = Layout::widths(Layout::DEFAULT.epoch_unix_ms(), 40, 11, 12).unwrap();
-        let err = StateStore::open(&dir, 3, other, false)
-            .unwrap_err()
-            .to_string();
+        let err = refusal(&dir, 3, other);
         assert!(
             err.contains("41/10/12") && err.contains("40/11/12"),
             "{err}"
         );
         let later = Layout::widths(Layout::DEFAULT.epoch_unix_ms() + 1, 41, 10, 12).unwrap();
-        let err = StateStore::open(&dir, 3, later, false)
-            .unwrap_err()
-            .to_string();
+        let err = refusal(&dir, 3, later);
         assert!(err.contains("epoch"), "{err}");
         fs::remove_dir_all(dir).unwrap();
     }
@@ -664,9 +661,7 @@ mod tests {
         let (store, _) = StateStore::open(&dir, 1, Layout::DEFAULT, false).unwrap();
         for mark in [Layout::DEFAULT.max_tick() + 1, u64::MAX - 3] {
             store.persist(mark).unwrap();
-            let err = StateStore::open(&dir, 1, Layout::DEFAULT, false)
-                .unwrap_err()
-                .to_string();
+            let err = refusal(&dir, 1, Layout::DEFAULT);
             assert!(err.contains("past the layout's end of life"), "{err}");
         }
         // The operator's override starts afresh.

@@ -23,16 +23,7 @@ fn addr(text: &str) -> SocketAddr {
 }
 
 fn welcome(worker_id: u16) -> Welcome {
-    Welcome {
-        version: 1,
-        worker_id,
-        epoch_unix_ms: Layout::DEFAULT.epoch_unix_ms(),
-        timestamp_bits: 41,
-        worker_bits: 10,
-        sequence_bits: 12,
-        max_lease: 4096,
-        server_unix_ms: 0,
-    }
+    Welcome::announcing(1, worker_id, &Layout::DEFAULT, 0)
 }
 
 /// The shell, as far as the engine can tell.
@@ -123,11 +114,28 @@ impl Harness {
     fn connected_with(config: ClientConfig) -> Harness {
         let mut h = Harness::new(config);
         h.pass();
-        let opened: Vec<ConnId> = h.opened.iter().map(|&(c, _)| c).collect();
-        for (i, conn) in opened.into_iter().enumerate() {
-            h.welcome(conn, u16::try_from(i + 1).unwrap());
-        }
+        h.greet_opened();
         h
+    }
+
+    /// The name `ids.svc:7609`, resolved once to these addresses, each connected and greeted
+    /// as worker 1, 2, ... in order.
+    fn resolved(addresses: &[&str]) -> Harness {
+        let mut h = Harness::new(ClientConfig::new(["ids.svc:7609"]));
+        h.pass();
+        let listed = addresses.iter().map(|a| addr(a)).collect();
+        h.engine.on_resolved(0, Ok(listed), h.now);
+        h.pass();
+        h.greet_opened();
+        h
+    }
+
+    /// Greets every connection opened so far as worker 1, 2, ... in the order they opened.
+    fn greet_opened(&mut self) {
+        let opened: Vec<ConnId> = self.opened.iter().map(|&(c, _)| c).collect();
+        for (i, conn) in opened.into_iter().enumerate() {
+            self.welcome(conn, u16::try_from(i + 1).unwrap());
+        }
     }
 
     fn drain(&mut self) {
@@ -732,12 +740,7 @@ fn re_resolution_adds_new_addresses_and_retires_vanished_ones_when_they_end() {
         ("one replaced", &[B, C], &[A, B, C], &[B, C]),
     ];
     for (case, listed, after_answer, after_end) in cases {
-        let mut h = Harness::new(ClientConfig::new(["ids.svc:7609"]));
-        h.pass();
-        h.engine.on_resolved(0, Ok(vec![addr(A), addr(B)]), h.now);
-        h.pass();
-        h.welcome(1, 1);
-        h.welcome(2, 2);
+        let mut h = Harness::resolved(&[A, B]);
         h.auto = true;
         // The periodic re-resolution (30 s by default).
         h.advance(Duration::from_secs(30));
@@ -767,11 +770,7 @@ fn re_resolution_adds_new_addresses_and_retires_vanished_ones_when_they_end() {
 
 #[test]
 fn a_failed_resolution_keeps_the_addresses_already_known() {
-    let mut h = Harness::new(ClientConfig::new(["ids.svc:7609"]));
-    h.pass();
-    h.engine.on_resolved(0, Ok(vec![addr(A)]), h.now);
-    h.pass();
-    h.welcome(1, 1);
+    let mut h = Harness::resolved(&[A]);
     h.auto = true;
     h.advance(Duration::from_secs(30));
     h.auto = false;
@@ -793,11 +792,7 @@ fn a_failed_resolution_keeps_the_addresses_already_known() {
 
 #[test]
 fn a_reconnect_to_a_name_waits_for_a_fresh_resolution() {
-    let mut h = Harness::new(ClientConfig::new(["ids.svc:7609"]));
-    h.pass();
-    h.engine.on_resolved(0, Ok(vec![addr(A)]), h.now);
-    h.pass();
-    h.welcome(1, 1);
+    let mut h = Harness::resolved(&[A]);
     h.close(1);
     h.advance(Duration::from_millis(100));
     assert_eq!(h.resolves, [0, 0], "re-resolved before reconnecting");
