@@ -308,6 +308,25 @@ impl Harness {
         }
     }
 
+    /// The good LEASED reply for `conn`'s oldest request with its `(request_id, first_id,
+    /// count)` bent by `bend`.
+    fn bent_reply(&mut self, conn: ConnId, bend: fn(u32, u64, u32) -> (u32, u64, u32)) -> Response {
+        let Response::Leased {
+            request_id,
+            first_id,
+            count,
+        } = self.good_reply(conn)
+        else {
+            panic!("the oldest request is not a LEASE");
+        };
+        let (request_id, first_id, count) = bend(request_id, first_id, count);
+        Response::Leased {
+            request_id,
+            first_id,
+            count,
+        }
+    }
+
     /// Runs like a server's: from the home worker first, then the others of the set, each
     /// worker at most [`RUN_LIMIT`] IDs from a fresh tick.
     fn bulk_reply(&mut self, request_id: u32, count: u32, home: u16, set: WorkerSet) -> Response {
@@ -603,47 +622,20 @@ fn replies_that_break_the_contract_drop_the_connection_and_hand_out_nothing() {
     let cases: [(&str, Breaker, &str); 6] = [
         (
             "more IDs than asked",
-            |h, c| match h.good_reply(c) {
-                Response::Leased {
-                    request_id,
-                    first_id,
-                    count,
-                } => Response::Leased {
-                    request_id,
-                    first_id,
-                    count: count + 1,
-                },
-                other => other,
-            },
+            |h, c| h.bent_reply(c, |r, first, n| (r, first, n + 1)),
             "for a LEASE of",
         ),
         (
             "another request id",
-            |h, c| match h.good_reply(c) {
-                Response::Leased {
-                    request_id,
-                    first_id,
-                    count,
-                } => Response::Leased {
-                    request_id: request_id + 1,
-                    first_id,
-                    count,
-                },
-                other => other,
-            },
+            |h, c| h.bent_reply(c, |r, first, n| (r + 1, first, n)),
             "oldest outstanding",
         ),
         (
             "another worker's IDs",
-            |h, c| match h.good_reply(c) {
-                Response::Leased {
-                    request_id, count, ..
-                } => Response::Leased {
-                    request_id,
-                    first_id: Layout::DEFAULT.compose(2_000_000, 99, 0),
-                    count,
-                },
-                other => other,
+            |h, c| {
+                h.bent_reply(c, |r, _, n| {
+                    (r, Layout::DEFAULT.compose(2_000_000, 99, 0), n)
+                })
             },
             "belongs to worker 99",
         ),
