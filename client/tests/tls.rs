@@ -17,7 +17,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A scratch directory with a CA, removed on drop.
 struct Pki {
-    dir: PathBuf,
+    dir: snowlease_testkit::TempDir,
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
     /// The CA certificate's file.
     ca: PathBuf,
@@ -25,19 +25,11 @@ struct Pki {
 
 impl Pki {
     fn new(name: &str) -> Pki {
-        let unique = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let dir = std::env::temp_dir().join(format!(
-            "snowlease-client-tls-{name}-{}-{unique}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = snowlease_testkit::temp_dir(&format!("client-tls-{name}"));
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = dir.join("ca.pem");
+        let ca = dir.path().join("ca.pem");
         std::fs::write(&ca, params.self_signed(&key).unwrap().pem()).unwrap();
         Pki {
             dir,
@@ -55,8 +47,8 @@ impl Pki {
             .signed_by(&key, &self.issuer)
             .unwrap();
         let (c, k) = (
-            self.dir.join(format!("{file}.pem")),
-            self.dir.join(format!("{file}-key.pem")),
+            self.dir.path().join(format!("{file}.pem")),
+            self.dir.path().join(format!("{file}-key.pem")),
         );
         std::fs::write(&c, cert.pem()).unwrap();
         std::fs::write(&k, key.serialize_pem()).unwrap();
@@ -72,12 +64,6 @@ impl Pki {
             client_ca,
         });
         start(config).unwrap()
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -163,7 +149,7 @@ async fn a_tls_client_against_a_plaintext_server_fails_fast_and_says_so() {
 #[tokio::test]
 async fn unusable_tls_files_are_a_configuration_error_naming_the_file() {
     let pki = Pki::new("files");
-    let missing = pki.dir.join("missing.pem");
+    let missing = pki.dir.path().join("missing.pem");
     let err = Client::connect(config("127.0.0.1:1".into(), TlsOptions::ca_file(&missing)))
         .await
         .unwrap_err();
@@ -173,7 +159,7 @@ async fn unusable_tls_files_are_a_configuration_error_naming_the_file() {
         "{err}"
     );
 
-    let not_pem = pki.dir.join("not.pem");
+    let not_pem = pki.dir.path().join("not.pem");
     std::fs::write(&not_pem, "hello").unwrap();
     let err = Client::connect(config(
         "127.0.0.1:1".into(),

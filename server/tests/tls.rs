@@ -119,24 +119,15 @@ impl FromPem for PrivateKeyDer<'static> {
 }
 
 /// A scratch directory, removed on drop.
-struct Dir(PathBuf);
+struct Dir(snowlease_testkit::TempDir);
 
 impl Dir {
     fn new(name: &str) -> Dir {
-        let unique = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let dir = std::env::temp_dir().join(format!(
-            "snowlease-tls-test-{name}-{}-{unique}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Dir(dir)
+        Dir(snowlease_testkit::temp_dir(&format!("tls-test-{name}")))
     }
 
     fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
+        let path = self.0.path().join(name);
         std::fs::write(&path, text).unwrap();
         path
     }
@@ -149,12 +140,6 @@ impl Dir {
             key: self.write("key.pem", &key),
             client_ca: None,
         }
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -480,7 +465,7 @@ fn start_refuses_unusable_tls_files_naming_the_flag_and_the_path() {
     let dir = Dir::new("refuse");
     let ca = Ca::new("a");
     let good = dir.leaf(&ca);
-    let missing = dir.0.join("missing.pem");
+    let missing = dir.0.path().join("missing.pem");
     let garbage = dir.write("garbage.pem", "-----BEGIN PRIVATE KEY-----\n%%%\n");
     let (_, other_key) = ca.leaf(&["127.0.0.1"]);
     let other_key = dir.write("other-key.pem", &other_key);
@@ -528,7 +513,7 @@ fn the_binary_refuses_half_a_tls_configuration_and_a_missing_file_with_exit_code
     let dir = Dir::new("binary");
     let ca = Ca::new("a");
     let good = dir.leaf(&ca);
-    let missing = dir.0.join("nope.pem");
+    let missing = dir.0.path().join("nope.pem");
     let run = |args: &[&std::ffi::OsStr]| {
         let out = ServerCommand::new(env!("CARGO_BIN_EXE_snowlease-server"))
             .args(args)
