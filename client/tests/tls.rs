@@ -12,13 +12,14 @@ use snowlease::client::TlsOptions;
 use snowlease::{BlockingClient, Client, ClientConfig, Error};
 use snowlease_server::config::TlsPaths;
 use snowlease_server::{start, RunningServer, ServerConfig};
+use snowlease_testkit::pki::Ca;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A scratch directory with a CA, removed on drop.
 struct Pki {
     dir: snowlease_testkit::TempDir,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    issuer: Ca,
     /// The CA certificate's file.
     ca: PathBuf,
 }
@@ -26,32 +27,21 @@ struct Pki {
 impl Pki {
     fn new(name: &str) -> Pki {
         let dir = snowlease_testkit::temp_dir(&format!("client-tls-{name}"));
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let issuer = Ca::new(name).unwrap();
         let ca = dir.path().join("ca.pem");
-        std::fs::write(&ca, params.self_signed(&key).unwrap().pem()).unwrap();
-        Pki {
-            dir,
-            issuer: rcgen::Issuer::new(params, key),
-            ca,
-        }
+        std::fs::write(&ca, issuer.pem()).unwrap();
+        Pki { dir, issuer, ca }
     }
 
     /// A certificate for `names` and its key, written as `{file}.pem` and `{file}-key.pem`.
     fn leaf(&self, file: &str, names: &[&str]) -> (PathBuf, PathBuf) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        let cert = rcgen::CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &self.issuer)
-            .unwrap();
+        let leaf = self.issuer.leaf(names).unwrap();
         let (c, k) = (
             self.dir.path().join(format!("{file}.pem")),
             self.dir.path().join(format!("{file}-key.pem")),
         );
-        std::fs::write(&c, cert.pem()).unwrap();
-        std::fs::write(&k, key.serialize_pem()).unwrap();
+        std::fs::write(&c, leaf.cert).unwrap();
+        std::fs::write(&k, leaf.key).unwrap();
         (c, k)
     }
 

@@ -27,42 +27,23 @@ use snowlease_testkit::ServerCommand;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A certificate authority that signs leaf certificates.
-struct Ca {
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-    pem: String,
-}
+/// The harness's throwaway CA, and what a rustls client needs of it.
+struct Ca(snowlease_testkit::pki::Ca);
 
 impl Ca {
     fn new(name: &str) -> Ca {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(
-            rcgen::DnType::CommonName,
-            format!("snowlease test CA {name}"),
-        );
-        let pem = params.self_signed(&key).unwrap().pem();
-        Ca {
-            issuer: rcgen::Issuer::new(params, key),
-            pem,
-        }
+        Ca(snowlease_testkit::pki::Ca::new(name).unwrap())
     }
 
     /// A leaf for `names` (DNS names or IPs): (certificate PEM, key PEM).
     fn leaf(&self, names: &[&str]) -> (String, String) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-        let cert = rcgen::CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &self.issuer)
-            .unwrap();
-        (cert.pem(), key.serialize_pem())
+        let leaf = self.0.leaf(names).unwrap();
+        (leaf.cert, leaf.key)
     }
 
     fn roots(&self) -> RootCertStore {
         let mut roots = RootCertStore::empty();
-        let der = CertificateDer::from_pem_slice_checked(&self.pem);
+        let der = CertificateDer::from_pem_slice_checked(self.0.pem());
         roots.add(der).unwrap();
         roots
     }
@@ -323,7 +304,7 @@ async fn a_client_trusting_another_ca_fails_with_a_tls_error_that_is_not_retryab
     assert!(err.to_string().contains("certificate"), "{err}");
 
     // The same client trusting the right CA connects.
-    let ca_file = dir.write("ca.pem", &ca.pem);
+    let ca_file = dir.write("ca.pem", ca.0.pem());
     let config = ClientConfig::new([s.lease_addr().to_string()])
         .tls(TlsOptions::ca_file(ca_file))
         .timeout(TIMEOUT);
@@ -375,7 +356,7 @@ async fn mutual_tls_serves_a_client_certificate_from_the_ca_and_refuses_others()
     let client_ca = Ca::new("clients");
     let stranger_ca = Ca::new("stranger");
     let mut paths = dir.leaf(&server_ca);
-    paths.client_ca = Some(dir.write("clients.pem", &client_ca.pem));
+    paths.client_ca = Some(dir.write("clients.pem", client_ca.0.pem()));
     let s = tls_server(paths, |_| {});
 
     let mut ok = tls_conn(s.lease_addr(), client_ca.client_with_identity(&server_ca))

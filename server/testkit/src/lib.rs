@@ -11,13 +11,15 @@
 //!   for a line that satisfies a condition; [`parse_start_line`] reads the addresses out of
 //!   the `serving` line.
 //! - [`http`]: a small HTTP GET for the admin port and lookups in `/metrics` text.
-//! - [`procfs`]: resident memory, descriptors, threads, open-file limits, liveness.
+//! - [`procfs`]: resident memory, descriptors, threads, open-file limits, CPU time, liveness.
+//! - [`pki`]: a throwaway CA and the leaf certificates it signs, for TLS tests and the bench.
 //!
 //! Nothing here knows the wire protocol: tests bring their own clients, so that this crate
 //! never hides what a test asserts.
 
 pub mod http;
 pub mod log;
+pub mod pki;
 pub mod process;
 pub mod procfs;
 
