@@ -58,6 +58,15 @@ class Gated:
     def first(self, n: int) -> int:
         return DEFAULT.compose(self.start + n, FAKE_WORKER, 0)
 
+    def ids(self, n: int, count: int) -> List[int]:
+        """The first ``count`` IDs of LEASE number n's answer."""
+        return list(range(self.first(n), self.first(n) + count))
+
+    def client(self, **options: float) -> AsyncClient:
+        """A client of this server with a 100-ID buffer refilled below 10 IDs."""
+        return AsyncClient(self.server.addr, buffer_capacity=100, low_water=10, timeout=10.0,
+                           **options)
+
 
 async def settle() -> None:
     """Lets every runnable task reach its next await (a few loop iterations, no timing)."""
@@ -70,8 +79,7 @@ def test_cancelled_next_id_calls_lose_no_id_and_leave_the_client_usable(
     g = Gated(fake_server)
 
     async def main() -> None:
-        async with AsyncClient(g.server.addr, buffer_capacity=100, low_water=10,
-                               timeout=10.0) as client:
+        async with g.client() as client:
             tasks = [asyncio.ensure_future(client.next_id()) for _ in range(20)]
             await settle()
             assert not any(t.done() for t in tasks), "the buffer is empty: they wait"
@@ -85,7 +93,7 @@ def test_cancelled_next_id_calls_lose_no_id_and_leave_the_client_usable(
         # The first block is IDs first(0)..first(0)+99: the ten callers that stayed and the
         # next draws get every one of them, so the cancelled callers took none.
         ids = sorted(got + more)
-        assert ids[:100] == list(range(g.first(0), g.first(0) + 100))
+        assert ids[:100] == g.ids(0, 100)
         assert_unique_and_increasing([ids])
 
     asyncio.run(main())
@@ -96,8 +104,7 @@ def test_a_cancelled_lease_hands_its_range_back_to_the_buffer(
     g = Gated(fake_server)
 
     async def main() -> None:
-        async with AsyncClient(g.server.addr, buffer_capacity=100, low_water=10,
-                               timeout=10.0, request_timeout=15.0) as client:
+        async with g.client(request_timeout=15.0) as client:
             task = asyncio.ensure_future(client.lease(50))  # nothing buffered: a direct LEASE
             await settle()
             while g.server.received < 2:  # the refill LEASE and the direct one have arrived
@@ -109,8 +116,8 @@ def test_a_cancelled_lease_hands_its_range_back_to_the_buffer(
             ids = [await client.next_id() for _ in range(150)]
             # LEASE 0 refilled the buffer; LEASE 1 was the cancelled caller's: its 50 IDs
             # went to the buffer and come out next instead of being lost.
-            assert ids[:100] == list(range(g.first(0), g.first(0) + 100))
-            assert ids[100:150] == list(range(g.first(1), g.first(1) + 50))
+            assert ids[:100] == g.ids(0, 100)
+            assert ids[100:150] == g.ids(1, 50)
             block = await client.lease(10)
             assert len(block) == 10
         assert_unique_and_increasing([ids])
@@ -123,13 +130,12 @@ def test_a_next_id_cancelled_by_wait_for_times_out_cleanly(
     g = Gated(fake_server)
 
     async def main() -> None:
-        async with AsyncClient(g.server.addr, buffer_capacity=100, low_water=10,
-                               timeout=10.0) as client:
+        async with g.client() as client:
             for _ in range(3):
                 with pytest.raises(asyncio.TimeoutError):
                     await asyncio.wait_for(client.next_id(), 0.01)
             g.gate.set()
             ids = [await client.next_id() for _ in range(100)]
-            assert ids == list(range(g.first(0), g.first(0) + 100))
+            assert ids == g.ids(0, 100)
 
     asyncio.run(main())
