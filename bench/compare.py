@@ -352,48 +352,62 @@ def rows_startup(t):
           f"max {max(ms):.1f} ms", "", "< 100 ms", pf(m < 100), "startup")
 
 
+def probe_cell(t, key, p99):
+    """A probe row's result: the count=1 probe's p99 (p50, max; probes served) beside the
+    load's IDs/s."""
+    p50, _ = t.med(key, "probe_p50_us")
+    mx, _ = t.med(key, "probe_max_us")
+    ids, _ = t.med(key, "ids_per_sec")
+    served, _ = t.med(key, "probe_served")
+    return (f"{fmt_us(p99)} ({fmt_us(p50)}, max {fmt_us(mx)}; {served:.0f} probes), "
+            f"{fmt_int(ids)} IDs/s")
+
+
+def builds(t, num, load, missing, field):
+    """The (key, who) of this build's `load` and the baseline build's (`{load}_base`) that
+    have a `field`; without it, this build's gets a MISS row named `missing` and the baseline
+    build's none."""
+    for key, who in ((load, "this build"), (f"{load}_base", "baseline build")):
+        if t.med(key, field)[0] is not None:
+            yield key, who
+        elif key == load:
+            t.row(num, missing, "no result", "", "", "", "**MISS**", key)
+
+
+def vs_reference(t, key, load, p99):
+    """A probe row's peer and ratio cells: for this build's row, the probe's p99 with the
+    reference load `{load}_ref` (a detail line of each round) and ours over it; blank for the
+    baseline build's."""
+    ref = t.spread(f"{load}_ref probe p99", f"{load}_ref", "probe_p99_us", fmt_us) \
+        if key == load else None
+    return (f"p99 {fmt_us(ref)}" if ref else "",
+            f"{p99 / ref:.1f}x" if ref and p99 is not None else "")
+
+
 def rows_fairness(t):
     """7. Fairness at the ceiling (issue 11): a count=1 LEASE on an idle connection beside
     500 connections draining whole ticks."""
-    for key, who in (("fairness", "this build"), ("fairness_base", "baseline build")):
+    for key, who in builds(t, "7", "fairness", "fairness at the ceiling", "probe_p99_us"):
         p99 = t.spread(f"{key} probe p99", key, "probe_p99_us", fmt_us)
-        p50, _ = t.med(key, "probe_p50_us")
-        mx, _ = t.med(key, "probe_max_us")
-        ids, _ = t.med(key, "ids_per_sec")
-        served, _ = t.med(key, "probe_served")
-        if p99 is None:
-            if key == "fairness":
-                t.row("7", "fairness at the ceiling", "no result", "", "", "", "**MISS**", key)
-            continue
-        ref = t.spread("fairness_ref probe p99", "fairness_ref", "probe_p99_us", fmt_us) \
-            if key == "fairness" else None
         t.row("7", f"fairness, {who}: LEASE count=1 on an idle connection beside 500 "
               "connections x 1 x 4096: p99 (p50, max); reference: beside 1 connection",
-              f"{fmt_us(p99)} ({fmt_us(p50)}, max {fmt_us(mx)}; {served:.0f} probes), "
-              f"{fmt_int(ids)} IDs/s", f"p99 {fmt_us(ref)}" if ref else "",
-              f"{p99 / ref:.1f}x" if ref else "", "p99 <= 5 ms", pf(p99 <= 5000), key)
+              probe_cell(t, key, p99), *vs_reference(t, key, "fairness", p99), "p99 <= 5 ms",
+              pf(p99 <= 5000), key)
 
 
 def rows_peer_cap(t):
     """8. One peer over its cap (issue 11): another peer's fresh connections."""
-    for key, who in (("peer_cap", "this build"), ("peer_cap_base", "baseline build")):
+    for key, who in builds(t, "8", "peer_cap", "one peer over its cap", "probe_sent"):
         sent, _ = t.med(key, "probe_sent")
-        if sent is None:
-            if key == "peer_cap":
-                t.row("8", "one peer over its cap", "no result", "", "", "", "**MISS**", key)
-            continue
         served, _ = t.med(key, "probe_served")
         over, _ = t.med(key, "probe_overloaded")
         p99 = t.spread(f"{key} probe p99", key, "probe_p99_us", fmt_us) if served else None
         ok = served == sent and p99 is not None and p99 <= 10000
-        ref = t.spread("peer_cap_ref probe p99", "peer_cap_ref", "probe_p99_us", fmt_us) \
-            if key == "peer_cap" else None
         t.row("8", f"peer cap, {who}: 127.0.0.1 holds 1,100 idle connections; 127.0.0.2 "
               "connects, HELLO, LEASE count=1: p99, served / sent; reference: 400 held",
               f"p99 {fmt_us(p99) if served else 'n/a'}, {served:.0f} / {sent:.0f} served, "
-              f"{over:.0f} OVERLOADED", f"p99 {fmt_us(ref)}" if ref else "",
-              f"{p99 / ref:.1f}x" if ref and p99 else "", "all served, p99 <= 10 ms", pf(ok),
-              key)
+              f"{over:.0f} OVERLOADED", *vs_reference(t, key, "peer_cap", p99),
+              "all served, p99 <= 10 ms", pf(ok), key)
 
 
 def rows_cost(t):
@@ -426,19 +440,14 @@ def rows_fairness_bulk(t):
         t.row("10", "fairness with bulk leases", "no result", "", "", "", "**MISS**",
               "fairness_bulk")
         return
-    p50, _ = t.med("fairness_bulk", "probe_p50_us")
-    mx, _ = t.med("fairness_bulk", "probe_max_us")
-    ids, _ = t.med("fairness_bulk", "ids_per_sec")
-    served, _ = t.med("fairness_bulk", "probe_served")
     ref, _ = t.med("fairness_ref", "probe_p99_us")
     lease, _ = t.med("fairness", "probe_p99_us")
     peer = ", ".join(x for x in (f"row 7 (LEASE load) p99 {fmt_us(lease)}" if lease else "",
                                  f"1 connection p99 {fmt_us(ref)}" if ref else "") if x)
     t.row("10", "fairness with bulk leases: LEASE count=1 (version 1, own connection) beside "
           "500 connections x 1 BULK_LEASE: p99 (p50, max); reference as row 7",
-          f"{fmt_us(p99)} ({fmt_us(p50)}, max {fmt_us(mx)}; {served:.0f} probes), "
-          f"{fmt_int(ids)} IDs/s", peer, f"{p99 / ref:.1f}x" if ref else "", "p99 <= 2 ms",
-          pf(p99 <= 2000), "fairness_bulk")
+          probe_cell(t, "fairness_bulk", p99), peer, f"{p99 / ref:.1f}x" if ref else "",
+          "p99 <= 2 ms", pf(p99 <= 2000), "fairness_bulk")
 
 
 def rows_overload(t):

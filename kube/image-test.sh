@@ -18,14 +18,7 @@ IMAGE=snowlease-server:0.1.0
 WORKER=7
 STATIC_BIN=
 SNOWCAT=
-while [[ $# -gt 0 ]]; do
-    case $1 in
-        --static-bin) STATIC_BIN=$2; shift 2 ;;
-        --snowcat) SNOWCAT=$2; shift 2 ;;
-        -h|--help) print_help; exit 0 ;;
-        *) echo "image-test.sh: unknown argument $1" >&2; exit 2 ;;
-    esac
-done
+parse_args --static-bin=STATIC_BIN --snowcat=SNOWCAT -- "$@"
 
 make_work_dir image
 SOCK=$WORK/docker.sock

@@ -1,9 +1,9 @@
 # shellcheck shell=bash disable=SC2034  # ROOT, TARGET_DIR, SERVER_PID, LEASE, ADMIN: for the sourcing script
-# kube/lib.sh: the process control the kube test scripts share (image-test.sh, registry-test.sh,
-# monitoring-test.sh, pod-cpu.sh). Sourced, never run: a script sets KUBE_DIR, then
-# `source "$KUBE_DIR/lib.sh" NAME` (NAME: the script's name without .sh, for its messages), then
-# calls make_work_dir once; its own teardown() (optional) stops what it started, and cleanup
-# (the EXIT trap) runs it and removes $WORK.
+# kube/lib.sh: the option parsing and process control the kube test scripts share (image-test.sh,
+# registry-test.sh, monitoring-test.sh, pod-cpu.sh). Sourced, never run: a script sets KUBE_DIR,
+# then `source "$KUBE_DIR/lib.sh" NAME` (NAME: the script's name without .sh, for its messages),
+# reads its options with parse_args, then calls make_work_dir once; its own teardown()
+# (optional) stops what it started, and cleanup (the EXIT trap) runs it and removes $WORK.
 #
 # Every wait here is a condition polled a bounded number of times, never a sleep that stands in
 # for one; the callers pass the bounds they document.
@@ -18,6 +18,34 @@ log() { echo "[$SCRIPT $(date +%T)] $*"; }
 fail() { echo "$SCRIPT.sh: FAIL $*" >&2; exit 1; }
 # The script's header comment: its usage.
 print_help() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { print }' "$0"; }
+
+# parse_args FLAG=VAR... -- ARG...: the script's options. Each `FLAG VALUE` among the ARGs sets
+# the variable VAR to VALUE (the last one wins); -h/--help prints the usage and exits 0; any
+# other ARG is a usage error (exit 2). A FLAG without its VALUE stops the script (`set -u`).
+parse_args() {
+    local flags=() spec
+    while [[ $1 != -- ]]; do flags+=("$1"); shift; done
+    shift
+    while [[ $# -gt 0 ]]; do
+        case $1 in -h|--help) print_help; exit 0 ;; esac
+        for spec in "${flags[@]}"; do
+            if [[ $1 == "${spec%%=*}" ]]; then
+                printf -v "${spec#*=}" '%s' "$2"
+                shift 2
+                continue 2
+            fi
+        done
+        echo "$SCRIPT.sh: unknown argument $1" >&2
+        exit 2
+    done
+}
+
+# need_server_and_bench: after parse_args, BENCH defaults to the snowlease-bench beside
+# $SERVER_BIN; both must be executables.
+need_server_and_bench() {
+    BENCH=${BENCH:-$(dirname "$SERVER_BIN")/snowlease-bench}
+    need_executables "$SERVER_BIN" "$BENCH"
+}
 
 # make_work_dir NAME: a fresh $WORK (/tmp/snowlease-NAME.XXXXXX) removed on any exit.
 make_work_dir() {

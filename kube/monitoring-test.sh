@@ -23,16 +23,8 @@ KUBE_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$KUBE_DIR/lib.sh" monitoring-test
 SERVER_BIN=${SNOWLEASE_SERVER_BIN:-$TARGET_DIR/release/snowlease-server}
 BENCH=
-while [[ $# -gt 0 ]]; do
-    case $1 in
-        --server-bin) SERVER_BIN=$2; shift 2 ;;
-        --bench) BENCH=$2; shift 2 ;;
-        -h|--help) print_help; exit 0 ;;
-        *) echo "monitoring-test.sh: unknown argument $1" >&2; exit 2 ;;
-    esac
-done
-BENCH=${BENCH:-$(dirname "$SERVER_BIN")/snowlease-bench}
-need_executables "$SERVER_BIN" "$BENCH"
+parse_args --server-bin=SERVER_BIN --bench=BENCH -- "$@"
+need_server_and_bench
 
 make_work_dir monitoring
 STARTED=$(date +%s)

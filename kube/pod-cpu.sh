@@ -20,20 +20,12 @@ SERVER_BIN=${SNOWLEASE_SERVER_BIN:-$TARGET_DIR/release/snowlease-server}
 BENCH=
 DURATION=10
 BATCH=4096
+unset MODE  # set only by --mode
+parse_args --server-bin=SERVER_BIN --bench=BENCH --duration=DURATION --mode=MODE --batch=BATCH \
+    -- "$@"
 MODES=(raw client)
-while [[ $# -gt 0 ]]; do
-    case $1 in
-        --server-bin) SERVER_BIN=$2; shift 2 ;;
-        --bench) BENCH=$2; shift 2 ;;
-        --duration) DURATION=$2; shift 2 ;;
-        --mode) MODES=("$2"); shift 2 ;;
-        --batch) BATCH=$2; shift 2 ;;
-        -h|--help) print_help; exit 0 ;;
-        *) echo "pod-cpu.sh: unknown argument $1" >&2; exit 2 ;;
-    esac
-done
-BENCH=${BENCH:-$(dirname "$SERVER_BIN")/snowlease-bench}
-need_executables "$SERVER_BIN" "$BENCH"
+[[ ! -v MODE ]] || MODES=("$MODE")
+need_server_and_bench
 [[ $(nproc) -ge 2 ]] || { echo "pod-cpu.sh: needs 2 CPUs (server on 0, load on 1)" >&2; exit 2; }
 
 make_work_dir podcpu

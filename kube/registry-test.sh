@@ -19,13 +19,7 @@ KUBE_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$KUBE_DIR/lib.sh" registry-test
 STATIC_BIN=
 IMAGE=snowlease-server:0.1.0
-while [[ $# -gt 0 ]]; do
-    case $1 in
-        --static-bin) STATIC_BIN=$2; shift 2 ;;
-        -h|--help) print_help; exit 0 ;;
-        *) echo "registry-test.sh: unknown argument $1" >&2; exit 2 ;;
-    esac
-done
+parse_args --static-bin=STATIC_BIN -- "$@"
 
 make_work_dir registry
 REGISTRY_PID=
