@@ -25,7 +25,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Ty
 
 import pytest
 
-from snowlease import wire
+from snowlease import ProtocolError, wire
 from snowlease.layout import DEFAULT, Layout
 
 REPO = Path(__file__).resolve().parents[3]
@@ -238,7 +238,7 @@ class FakeServer:
                         with self.lock:
                             self.received += 1
                     frames.put(got[0])
-        except (OSError, wire.ProtocolError):
+        except (OSError, ProtocolError):
             return
         finally:
             frames.put(None)
@@ -327,4 +327,5 @@ def assert_unique_and_increasing(per_caller: Sequence[Sequence[int]], layout: La
 
 
 def lease_frame_count(data: bytes) -> int:
-    return struct.unpack(">I", data[9:13])[0]
+    count: int = struct.unpack(">I", data[9:13])[0]
+    return count

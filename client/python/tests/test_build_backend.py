@@ -11,7 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "_build"))
-import backend  # noqa: E402
+import backend  # type: ignore[import-not-found]  # noqa: E402  (found through sys.path above)
 
 
 def test_the_wheel_holds_every_source_file_and_a_record_whose_hashes_match(tmp_path: Path) -> None:

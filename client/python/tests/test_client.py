@@ -10,7 +10,7 @@ import tempfile
 import time
 from array import array
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, Dict, List
 
 import pytest
 
@@ -50,9 +50,9 @@ def test_sixteen_threads_taking_a_million_ids_each_never_see_a_repeat(
     threads, per_thread = 16, 1_000_000
     srv = servers(1)
     client = Client(srv.lease_addr, **QUICK)
-    results: List[array] = [array("q") for _ in range(threads)]
+    results: List[array[int]] = [array("q") for _ in range(threads)]
 
-    def draw(out: array) -> None:
+    def draw(out: array[int]) -> None:
         take, add = client.next_id, out.append
         for _ in range(per_thread):
             add(take())
@@ -113,7 +113,7 @@ def test_connecting_to_nothing_fails_after_the_timeout_with_the_cause() -> None:
     (dict(max_in_flight=0), "max_in_flight"),
     (dict(tls=snowlease.TLSOptions(ca_file="/nonexistent/ca.pem")), "/nonexistent/ca.pem"),
 ])
-def test_bad_settings_are_refused_before_connecting(kwargs: dict, message: str) -> None:
+def test_bad_settings_are_refused_before_connecting(kwargs: Dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Client("127.0.0.1:1", **kwargs)
 

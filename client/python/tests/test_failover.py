@@ -23,13 +23,13 @@ class Draw:
     def __init__(self, client: Client, threads: int) -> None:
         self.client = client
         self.stop = threading.Event()
-        self.results: List[array] = [array("q") for _ in range(threads)]
+        self.results: List[array[int]] = [array("q") for _ in range(threads)]
         self.errors: List[BaseException] = []
         self.threads = [threading.Thread(target=self._run, args=(r,)) for r in self.results]
         for t in self.threads:
             t.start()
 
-    def _run(self, out: array) -> None:
+    def _run(self, out: array[int]) -> None:
         take, add, stop = self.client.next_id, out.append, self.stop
         try:
             while not stop.is_set() and len(out) < CAP:
@@ -47,7 +47,7 @@ class Draw:
                    or all(len(r) >= CAP for r in self.results), what)
         assert not self.errors, self.errors[:3]
 
-    def finish(self) -> List[array]:
+    def finish(self) -> List[array[int]]:
         self.stop.set()
         for t in self.threads:
             t.join()

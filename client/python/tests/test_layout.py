@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+from typing import Tuple
+
 import pytest
 
 from snowlease import Layout
@@ -35,7 +37,7 @@ def test_compose_and_decompose_are_inverse_at_the_field_limits() -> None:
     ((20, 11, 32), "sequence_bits must be at most 31"),
     ((30, 17, 16), "worker_bits must be at most 16"),
 ])
-def test_invalid_layouts_are_refused_with_the_reason(widths: tuple, message: str) -> None:
+def test_invalid_layouts_are_refused_with_the_reason(widths: Tuple[int, int, int], message: str) -> None:
     with pytest.raises(LayoutError, match=message):
         Layout(0, *widths)
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 import threading
 
+from typing import Dict
+
 import pytest
 
 from snowlease import Backoff, ProtocolError
@@ -35,7 +37,7 @@ def test_a_well_formed_welcome_yields_its_layout() -> None:
     (dict(max_lease=4097), "max_lease 4097"),
     (dict(epoch_unix_ms=1), "differs from"),
 ])
-def test_welcomes_with_bad_fields_or_another_layout_are_refused(changes: dict, message: str) -> None:
+def test_welcomes_with_bad_fields_or_another_layout_are_refused(changes: Dict[str, int], message: str) -> None:
     with pytest.raises(ProtocolError, match=message):
         policy.check_welcome(welcome(**changes), DEFAULT)
 
@@ -93,7 +95,8 @@ def test_the_rate_estimate_rises_fast_and_falls_slowly() -> None:
 
 
 def load(**kw: object) -> policy.ConnLoad:
-    base = dict(usable=True, lagging=False, outstanding=0, buffered_ids=0, max_lease=4096)
+    base: Dict[str, object] = dict(usable=True, lagging=False, outstanding=0, buffered_ids=0,
+                                   max_lease=4096)
     base.update(kw)
     return policy.ConnLoad(**base)  # type: ignore[arg-type]
 

@@ -309,7 +309,11 @@ def test_the_goaway_and_opcode_tables_match_the_codec(doc: str) -> None:
 
 def test_the_limits_quoted_in_protocol_md_are_the_codecs(doc: str) -> None:
     rows = {r[0]: r for r in table(doc, "| Limit | Default | Setting | Notes |")}
-    number = lambda cell: int(re.match(r"[\d,]+", cell).group(0).replace(",", ""))  # type: ignore[union-attr]  # noqa: E731
+    def number(cell: str) -> int:
+        m = re.match(r"[\d,]+", cell)
+        assert m, cell
+        return int(m.group(0).replace(",", ""))
+
     assert number(rows["Frame length (opcode + body)"][1]) == wire.MAX_FRAME_LEN
     assert number(rows["HELLO token"][1]) == wire.MAX_TOKEN_LEN
     assert number(rows["ERROR message"][1]) == wire.MAX_ERROR_MESSAGE

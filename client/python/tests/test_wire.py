@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 import struct
 
+from typing import List
+
 import pytest
 
 from snowlease import ProtocolError, wire
@@ -90,7 +92,7 @@ def test_an_overlong_error_message_is_cut_at_a_character_boundary() -> None:
 
 
 def test_every_frame_round_trips() -> None:
-    frames = [
+    frames: List[wire.Frame] = [
         wire.Hello(1, b"s3cret"), wire.Lease(1, 4096), wire.Ping(2 ** 64 - 1),
         wire.BulkLease(3, 2 ** 22),
         wire.Welcome(1, 7, 1, 41, 10, 12, 4096, 2),
