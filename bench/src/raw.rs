@@ -621,12 +621,24 @@ mod tests {
         }
     }
 
+    /// Requires that taking the runs found nothing wrong.
+    #[track_caller]
+    fn assert_no_error(taken: &TakenRuns) {
+        assert!(taken.errors.is_empty(), "{:?}", taken.errors);
+    }
+
+    /// Requires that the first error found is the one that says `what`.
+    #[track_caller]
+    fn assert_first_error(taken: &TakenRuns, what: &str) {
+        assert!(taken.errors[0].contains(what), "{:?}", taken.errors);
+    }
+
     #[test]
     fn runs_expand_into_per_tick_blocks_of_every_worker() {
         let mut b = bulk();
         let runs = [run(100, 4, 4000, 4096 + 200), run(100, 5, 0, 10)];
         let taken = take_runs(&mut b, &runs, 10_000, true);
-        assert!(taken.errors.is_empty(), "{:?}", taken.errors);
+        assert_no_error(&taken);
         assert_eq!(taken.ids, 4096 + 210);
         let l = Layout::DEFAULT;
         let want = [
@@ -655,36 +667,24 @@ mod tests {
         );
         assert_eq!(taken.ids, 5);
         assert_eq!(taken.blocks.len(), 1);
-        assert!(
-            taken.errors[0].contains("outside the set"),
-            "{:?}",
-            taken.errors
-        );
+        assert_first_error(&taken, "outside the set");
     }
 
     #[test]
     fn more_ids_than_asked_is_an_error() {
         let taken = take_runs(&mut bulk(), &[run(7, 4, 0, 11)], 10, true);
-        assert!(
-            taken.errors[0].contains("outside 1..=asked"),
-            "{:?}",
-            taken.errors
-        );
+        assert_first_error(&taken, "outside 1..=asked");
     }
 
     #[test]
     fn a_run_not_above_its_workers_last_is_an_error() {
         let mut b = bulk();
-        assert!(take_runs(&mut b, &[run(7, 4, 0, 100)], 10_000, true)
-            .errors
-            .is_empty());
+        assert_no_error(&take_runs(&mut b, &[run(7, 4, 0, 100)], 10_000, true));
         let again = take_runs(&mut b, &[run(7, 4, 50, 10)], 10_000, true);
         assert_eq!(again.ids, 0);
-        assert!(again.errors[0].contains("not above"), "{:?}", again.errors);
+        assert_first_error(&again, "not above");
         // Another worker has its own floor.
-        assert!(take_runs(&mut b, &[run(7, 5, 0, 10)], 10_000, true)
-            .errors
-            .is_empty());
+        assert_no_error(&take_runs(&mut b, &[run(7, 5, 0, 10)], 10_000, true));
     }
 
     #[test]
@@ -692,6 +692,6 @@ mod tests {
         let last = Layout::DEFAULT.max_tick();
         let taken = take_runs(&mut bulk(), &[run(last, 4, 4000, 200)], 10_000, true);
         assert_eq!(taken.ids, 0);
-        assert!(taken.errors[0].contains("last tick"), "{:?}", taken.errors);
+        assert_first_error(&taken, "last tick");
     }
 }
