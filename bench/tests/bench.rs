@@ -177,22 +177,28 @@ fn raw_and_reconnect_runs_over_tls_report_ids_and_verify_them() {
     server.shutdown();
 }
 
-#[test]
-fn a_fairness_run_times_the_idle_probe_beside_whole_tick_leases() {
-    let report = json_report(
-        "fairness",
-        &[
-            "--connections",
-            "20",
-            "--warmup",
-            "0.2",
-            "--probe-interval-ms",
-            "2",
-        ],
-    );
+/// A fairness run (after `extra`: 20 load connections, a short warmup, a probe every 2 ms) in
+/// which the probe was served, every time it was sent.
+fn fairness_report(config: ServerConfig, extra: &[&str]) -> serde_json::Value {
+    let shape = [
+        "--connections",
+        "20",
+        "--warmup",
+        "0.2",
+        "--probe-interval-ms",
+        "2",
+    ];
+    let report = json_report_from(config, "fairness", &[extra, &shape].concat());
     let probe = &report["probe"];
     assert!(probe["served"].as_u64().unwrap() > 0, "{report}");
     assert_eq!(probe["served"], probe["sent"], "{report}");
+    report
+}
+
+#[test]
+fn a_fairness_run_times_the_idle_probe_beside_whole_tick_leases() {
+    let report = fairness_report(ServerConfig::for_tests(4), &[]);
+    let probe = &report["probe"];
     assert!(probe["latency"]["p99_us"].as_f64().unwrap() > 0.0);
     assert_eq!(report["settings"]["depth"], 1);
     assert_eq!(report["verify"]["overlaps"], 0);
@@ -220,23 +226,8 @@ fn a_bulk_raw_run_takes_ids_from_every_worker_and_verifies_every_block() {
 
 #[test]
 fn a_bulk_fairness_run_keeps_the_probe_a_version_1_lease_of_one() {
-    let report = json_report_from(
-        four_workers(),
-        "fairness",
-        &[
-            "--bulk",
-            "16384",
-            "--connections",
-            "20",
-            "--warmup",
-            "0.2",
-            "--probe-interval-ms",
-            "2",
-        ],
-    );
+    let report = fairness_report(four_workers(), &["--bulk", "16384"]);
     let probe = &report["probe"];
-    assert!(probe["served"].as_u64().unwrap() > 0, "{report}");
-    assert_eq!(probe["served"], probe["sent"], "{report}");
     assert_eq!(report["errors"], 0, "{report}");
     assert_eq!(report["settings"]["bulk"], 16_384);
     assert_eq!(report["verify"]["overlaps"], 0);
