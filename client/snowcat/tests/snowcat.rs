@@ -6,9 +6,9 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use snowlease::Layout;
 use snowlease_server::{start, RunningServer, ServerConfig};
@@ -16,11 +16,8 @@ use snowlease_server::{start, RunningServer, ServerConfig};
 /// Far above any run here (each takes milliseconds) and below a test harness's patience.
 const RUN_LIMIT: Duration = Duration::from_secs(30);
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
+/// Exit code, stdout and stderr of one run.
+type Run = snowlease_testkit::cli::Output;
 
 fn server() -> RunningServer {
     start(ServerConfig::for_tests(3)).unwrap()
@@ -39,51 +36,14 @@ fn snowcat_ok(args: &[&str], stdin: &str) -> Run {
 }
 
 fn snowcat_env(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Run {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_snowcat"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_snowcat"));
+    command
         .args(args)
         .env_remove("SNOWLEASE_ADDR")
         .env_remove("SNOWLEASE_TOKEN")
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    let text = stdin.to_owned();
-    let writer = thread::spawn(move || {
-        // A child that exits early closes the pipe; that is its business, not an error here.
-        let _ = input.write_all(text.as_bytes());
-    });
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_reader = thread::spawn(move || {
-        let mut s = String::new();
-        out.read_to_string(&mut s).unwrap();
-        s
-    });
-    let err_reader = thread::spawn(move || {
-        let mut s = String::new();
-        err.read_to_string(&mut s).unwrap();
-        s
-    });
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > RUN_LIMIT {
-            child.kill().unwrap();
-            panic!("snowcat {args:?} still running after {RUN_LIMIT:?}");
-        }
-        thread::sleep(Duration::from_millis(5));
-    };
-    writer.join().unwrap();
-    Run {
-        code: status.code().unwrap_or(-1),
-        stdout: out_reader.join().unwrap(),
-        stderr: err_reader.join().unwrap(),
-    }
+        .envs(env.iter().copied());
+    snowlease_testkit::cli::run(&mut command, Some(stdin), RUN_LIMIT)
+        .unwrap_or_else(|e| panic!("snowcat {args:?} {e}"))
 }
 
 fn addr(server: &RunningServer) -> String {
