@@ -540,13 +540,7 @@ async fn resolve(addr: &str) -> Result<SocketAddr, String> {
 
 /// The layout a server announced in WELCOME; refuses a `--batch` it would not grant.
 fn announced_layout(w: &Welcome, batch: u32) -> Result<Layout, String> {
-    let layout = Layout::widths(
-        w.epoch_unix_ms,
-        w.timestamp_bits,
-        w.worker_bits,
-        w.sequence_bits,
-    )
-    .map_err(|e| format!("the server announced an invalid layout: {e}"))?;
+    let layout = raw::welcome_layout(w)?;
     if batch > w.max_lease {
         return Err(format!(
             "--batch {batch} exceeds the server's max_lease {}",

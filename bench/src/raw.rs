@@ -278,6 +278,17 @@ pub async fn drive(
     driver.outcome
 }
 
+/// The layout a server announced in WELCOME.
+pub(crate) fn welcome_layout(w: &Welcome) -> Result<Layout, String> {
+    Layout::widths(
+        w.epoch_unix_ms,
+        w.timestamp_bits,
+        w.worker_bits,
+        w.sequence_bits,
+    )
+    .map_err(|e| format!("the server announced an invalid layout: {e}"))
+}
+
 /// The bulk context of a connection driven with `--bulk` (`None` without it).
 fn bulk_context(
     params: &RawParams,
@@ -289,16 +300,9 @@ fn bulk_context(
     };
     let workers =
         workers.ok_or("--bulk on a version-1 connection (the server sent no version-2 WELCOME)")?;
-    let layout = Layout::widths(
-        welcome.epoch_unix_ms,
-        welcome.timestamp_bits,
-        welcome.worker_bits,
-        welcome.sequence_bits,
-    )
-    .map_err(|e| format!("the server announced an invalid layout: {e}"))?;
     Ok(Some(Bulk {
         count,
-        layout,
+        layout: welcome_layout(welcome)?,
         workers,
         next_position: BTreeMap::new(),
     }))
