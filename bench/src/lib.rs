@@ -288,14 +288,29 @@ async fn run_raw(settings: &Settings, counters: &Arc<Counters>) -> Result<Ran, S
     let tls = tls_target(settings)?;
     let (opened, layout) = open_many(settings, settings.connections, tls.as_ref()).await?;
     let workers = load_workers(&opened);
+    let (_, sampler, handles) = drive_all(settings, counters, opened);
+    let merged = merge_raw(handles).await;
+    Ok(Ran::new(merged, layout, workers, sampler))
+}
+
+/// Starts the clock and one [`raw::drive`] task per opened connection: the load of the raw
+/// and fairness modes.
+fn drive_all(
+    settings: &Settings,
+    counters: &Arc<Counters>,
+    opened: Vec<raw::Opened>,
+) -> (
+    Timeline,
+    Sampler,
+    Vec<tokio::task::JoinHandle<raw::ConnOutcome>>,
+) {
     let params = raw_params(settings);
     let (timeline, sampler) = start_clock(settings, counters, "leases/s");
-    let handles: Vec<_> = opened
+    let handles = opened
         .into_iter()
         .map(|o| tokio::spawn(raw::drive(o, params.clone(), timeline, counters.clone())))
         .collect();
-    let merged = merge_raw(handles).await;
-    Ok(Ran::new(merged, layout, workers, sampler))
+    (timeline, sampler, handles)
 }
 
 async fn run_reconnect(settings: &Settings, counters: &Arc<Counters>) -> Result<Ran, String> {
@@ -473,12 +488,7 @@ async fn run_fairness(settings: &Settings, counters: &Arc<Counters>) -> Result<R
     };
     let mut workers = load_workers(&opened);
     workers.insert(idle.welcome.worker_id);
-    let params = raw_params(settings);
-    let (timeline, sampler) = start_clock(settings, counters, "leases/s");
-    let handles: Vec<_> = opened
-        .into_iter()
-        .map(|o| tokio::spawn(raw::drive(o, params.clone(), timeline, counters.clone())))
-        .collect();
+    let (timeline, sampler, handles) = drive_all(settings, counters, opened);
     let (report, blocks) = probe::idle_probe(
         idle,
         settings.probe_interval,
@@ -540,13 +550,7 @@ async fn resolve(addr: &str) -> Result<SocketAddr, String> {
 
 /// The layout a server announced in WELCOME; refuses a `--batch` it would not grant.
 fn announced_layout(w: &Welcome, batch: u32) -> Result<Layout, String> {
-    let layout = Layout::widths(
-        w.epoch_unix_ms,
-        w.timestamp_bits,
-        w.worker_bits,
-        w.sequence_bits,
-    )
-    .map_err(|e| format!("the server announced an invalid layout: {e}"))?;
+    let layout = raw::welcome_layout(w)?;
     if batch > w.max_lease {
         return Err(format!(
             "--batch {batch} exceeds the server's max_lease {}",

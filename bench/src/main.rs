@@ -6,6 +6,7 @@
 //! codes.
 
 use std::net::IpAddr;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -142,24 +143,32 @@ fn seconds(text: &str) -> Result<f64, String> {
 }
 
 fn probe_interval(text: &str) -> Result<f64, String> {
-    let v: f64 = text
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number of milliseconds"))?;
-    if v.is_finite() && (0.1..=60_000.0).contains(&v) {
-        Ok(v)
-    } else {
-        Err(format!("{text} is outside 0.1..=60000 ms"))
-    }
+    number_in(text, 0.1..=60_000.0, "milliseconds", "ms")
 }
 
 fn seconds_or_zero(text: &str) -> Result<f64, String> {
+    number_in(text, 0.0..=86_400.0, "seconds", "seconds")
+}
+
+/// `text` as a finite number inside `range`; the errors name it a number of `unit` and
+/// write the range with `short` after it ("0.1..=60000 ms").
+fn number_in(
+    text: &str,
+    range: RangeInclusive<f64>,
+    unit: &str,
+    short: &str,
+) -> Result<f64, String> {
     let v: f64 = text
         .parse()
-        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
-    if v.is_finite() && (0.0..=86_400.0).contains(&v) {
+        .map_err(|_| format!("{text:?} is not a number of {unit}"))?;
+    if v.is_finite() && range.contains(&v) {
         Ok(v)
     } else {
-        Err(format!("{text} is outside 0..=86400 seconds"))
+        Err(format!(
+            "{text} is outside {}..={} {short}",
+            range.start(),
+            range.end()
+        ))
     }
 }
 

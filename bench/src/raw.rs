@@ -278,6 +278,17 @@ pub async fn drive(
     driver.outcome
 }
 
+/// The layout a server announced in WELCOME.
+pub(crate) fn welcome_layout(w: &Welcome) -> Result<Layout, String> {
+    Layout::widths(
+        w.epoch_unix_ms,
+        w.timestamp_bits,
+        w.worker_bits,
+        w.sequence_bits,
+    )
+    .map_err(|e| format!("the server announced an invalid layout: {e}"))
+}
+
 /// The bulk context of a connection driven with `--bulk` (`None` without it).
 fn bulk_context(
     params: &RawParams,
@@ -289,16 +300,9 @@ fn bulk_context(
     };
     let workers =
         workers.ok_or("--bulk on a version-1 connection (the server sent no version-2 WELCOME)")?;
-    let layout = Layout::widths(
-        welcome.epoch_unix_ms,
-        welcome.timestamp_bits,
-        welcome.worker_bits,
-        welcome.sequence_bits,
-    )
-    .map_err(|e| format!("the server announced an invalid layout: {e}"))?;
     Ok(Some(Bulk {
         count,
-        layout,
+        layout: welcome_layout(welcome)?,
         workers,
         next_position: BTreeMap::new(),
     }))
@@ -621,12 +625,24 @@ mod tests {
         }
     }
 
+    /// Requires that taking the runs found nothing wrong.
+    #[track_caller]
+    fn assert_no_error(taken: &TakenRuns) {
+        assert!(taken.errors.is_empty(), "{:?}", taken.errors);
+    }
+
+    /// Requires that the first error found is the one that says `what`.
+    #[track_caller]
+    fn assert_first_error(taken: &TakenRuns, what: &str) {
+        assert!(taken.errors[0].contains(what), "{:?}", taken.errors);
+    }
+
     #[test]
     fn runs_expand_into_per_tick_blocks_of_every_worker() {
         let mut b = bulk();
         let runs = [run(100, 4, 4000, 4096 + 200), run(100, 5, 0, 10)];
         let taken = take_runs(&mut b, &runs, 10_000, true);
-        assert!(taken.errors.is_empty(), "{:?}", taken.errors);
+        assert_no_error(&taken);
         assert_eq!(taken.ids, 4096 + 210);
         let l = Layout::DEFAULT;
         let want = [
@@ -655,36 +671,24 @@ mod tests {
         );
         assert_eq!(taken.ids, 5);
         assert_eq!(taken.blocks.len(), 1);
-        assert!(
-            taken.errors[0].contains("outside the set"),
-            "{:?}",
-            taken.errors
-        );
+        assert_first_error(&taken, "outside the set");
     }
 
     #[test]
     fn more_ids_than_asked_is_an_error() {
         let taken = take_runs(&mut bulk(), &[run(7, 4, 0, 11)], 10, true);
-        assert!(
-            taken.errors[0].contains("outside 1..=asked"),
-            "{:?}",
-            taken.errors
-        );
+        assert_first_error(&taken, "outside 1..=asked");
     }
 
     #[test]
     fn a_run_not_above_its_workers_last_is_an_error() {
         let mut b = bulk();
-        assert!(take_runs(&mut b, &[run(7, 4, 0, 100)], 10_000, true)
-            .errors
-            .is_empty());
+        assert_no_error(&take_runs(&mut b, &[run(7, 4, 0, 100)], 10_000, true));
         let again = take_runs(&mut b, &[run(7, 4, 50, 10)], 10_000, true);
         assert_eq!(again.ids, 0);
-        assert!(again.errors[0].contains("not above"), "{:?}", again.errors);
+        assert_first_error(&again, "not above");
         // Another worker has its own floor.
-        assert!(take_runs(&mut b, &[run(7, 5, 0, 10)], 10_000, true)
-            .errors
-            .is_empty());
+        assert_no_error(&take_runs(&mut b, &[run(7, 5, 0, 10)], 10_000, true));
     }
 
     #[test]
@@ -692,6 +696,6 @@ mod tests {
         let last = Layout::DEFAULT.max_tick();
         let taken = take_runs(&mut bulk(), &[run(last, 4, 4000, 200)], 10_000, true);
         assert_eq!(taken.ids, 0);
-        assert!(taken.errors[0].contains("last tick"), "{:?}", taken.errors);
+        assert_first_error(&taken, "last tick");
     }
 }

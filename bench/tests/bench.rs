@@ -3,8 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::process::{Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use snowlease_server::{start, ServerConfig};
 
@@ -12,34 +11,14 @@ use snowlease_server::{start, ServerConfig};
 const RUN_LIMIT: Duration = Duration::from_secs(60);
 
 fn run_bench(args: &[&str]) -> (i32, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_snowlease-bench"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_snowlease-bench"));
+    command
         .args(args)
         .env_remove("SNOWLEASE_ADDR")
-        .env_remove("SNOWLEASE_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    // Bounded by RUN_LIMIT; the output is small (a table and a few progress lines), so the
-    // pipes cannot fill while we poll.
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > RUN_LIMIT {
-            child.kill().unwrap();
-            panic!("snowlease-bench {args:?} still running after {RUN_LIMIT:?}");
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    let output = child.wait_with_output().unwrap();
-    (
-        status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+        .env_remove("SNOWLEASE_TOKEN");
+    let out = snowlease_testkit::cli::run(&mut command, None, RUN_LIMIT)
+        .unwrap_or_else(|e| panic!("snowlease-bench {args:?} {e}"));
+    (out.code, out.stdout, out.stderr)
 }
 
 fn json_report(mode: &str, extra: &[&str]) -> serde_json::Value {
@@ -177,22 +156,28 @@ fn raw_and_reconnect_runs_over_tls_report_ids_and_verify_them() {
     server.shutdown();
 }
 
-#[test]
-fn a_fairness_run_times_the_idle_probe_beside_whole_tick_leases() {
-    let report = json_report(
-        "fairness",
-        &[
-            "--connections",
-            "20",
-            "--warmup",
-            "0.2",
-            "--probe-interval-ms",
-            "2",
-        ],
-    );
+/// A fairness run (after `extra`: 20 load connections, a short warmup, a probe every 2 ms) in
+/// which the probe was served, every time it was sent.
+fn fairness_report(config: ServerConfig, extra: &[&str]) -> serde_json::Value {
+    let shape = [
+        "--connections",
+        "20",
+        "--warmup",
+        "0.2",
+        "--probe-interval-ms",
+        "2",
+    ];
+    let report = json_report_from(config, "fairness", &[extra, &shape].concat());
     let probe = &report["probe"];
     assert!(probe["served"].as_u64().unwrap() > 0, "{report}");
     assert_eq!(probe["served"], probe["sent"], "{report}");
+    report
+}
+
+#[test]
+fn a_fairness_run_times_the_idle_probe_beside_whole_tick_leases() {
+    let report = fairness_report(ServerConfig::for_tests(4), &[]);
+    let probe = &report["probe"];
     assert!(probe["latency"]["p99_us"].as_f64().unwrap() > 0.0);
     assert_eq!(report["settings"]["depth"], 1);
     assert_eq!(report["verify"]["overlaps"], 0);
@@ -220,23 +205,8 @@ fn a_bulk_raw_run_takes_ids_from_every_worker_and_verifies_every_block() {
 
 #[test]
 fn a_bulk_fairness_run_keeps_the_probe_a_version_1_lease_of_one() {
-    let report = json_report_from(
-        four_workers(),
-        "fairness",
-        &[
-            "--bulk",
-            "16384",
-            "--connections",
-            "20",
-            "--warmup",
-            "0.2",
-            "--probe-interval-ms",
-            "2",
-        ],
-    );
+    let report = fairness_report(four_workers(), &["--bulk", "16384"]);
     let probe = &report["probe"];
-    assert!(probe["served"].as_u64().unwrap() > 0, "{report}");
-    assert_eq!(probe["served"], probe["sent"], "{report}");
     assert_eq!(report["errors"], 0, "{report}");
     assert_eq!(report["settings"]["bulk"], 16_384);
     assert_eq!(report["verify"]["overlaps"], 0);
@@ -496,17 +466,8 @@ fn serve_prints_the_addresses_then_stops_the_server_on_sigterm() {
         .status()
         .unwrap();
     assert!(status.success());
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < RUN_LIMIT,
-            "serve still running after SIGTERM"
-        );
-        thread::sleep(Duration::from_millis(20));
-    };
+    let status = snowlease_testkit::cli::wait_or_kill(&mut child, RUN_LIMIT)
+        .expect("serve still running after SIGTERM");
     assert!(status.success(), "{status}");
     assert!(!snowlease_testkit::procfs::alive(server_pid));
     assert!(!state.exists(), "the fresh state directory is removed");

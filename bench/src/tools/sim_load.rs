@@ -754,19 +754,20 @@ mod tests {
         Layout::DEFAULT.compose(tick, worker, seq)
     }
 
-    fn range(first: u64, count: u32) -> IdRange {
-        IdRange { first, count }
+    /// A fold of `ranges` (first ID, count), pushed in order in the default layout.
+    fn fold(ranges: impl IntoIterator<Item = (u64, u32)>) -> Fold {
+        let mut f = Fold::default();
+        for (first, count) in ranges {
+            f.push(&Layout::DEFAULT, IdRange { first, count });
+        }
+        f
     }
 
     #[test]
     fn whole_ticks_of_a_worker_in_order_fold_into_one_run() {
         let l = Layout::DEFAULT;
-        let mut f = Fold::default();
-        for tick in 10..20 {
-            f.push(&l, range(id(tick, 3, 0), 2048));
-            f.push(&l, range(id(tick, 3, 2048), 2048));
-        }
-        f.push(&l, range(id(10, 4, 0), 1));
+        let halves = (10..20).flat_map(|tick| [(id(tick, 3, 0), 2048), (id(tick, 3, 2048), 2048)]);
+        let f = fold(halves.chain([(id(10, 4, 0), 1)]));
         let v = f.verdict(&l, 8);
         assert!(v.ok, "{v:?}");
         assert_eq!((v.ranges, v.runs, v.ids), (21, 2, 10 * 4096 + 1));
@@ -775,10 +776,8 @@ mod tests {
     #[test]
     fn the_same_id_from_two_folds_is_an_overlap_with_an_example() {
         let l = Layout::DEFAULT;
-        let (mut a, mut b) = (Fold::default(), Fold::default());
-        a.push(&l, range(id(5, 1, 0), 4096));
-        b.push(&l, range(id(5, 1, 4095), 1));
-        a.absorb(b);
+        let mut a = fold([(id(5, 1, 0), 4096)]);
+        a.absorb(fold([(id(5, 1, 4095), 1)]));
         let v = a.verdict(&l, 2);
         assert_eq!(v.overlaps, 1);
         assert!(!v.ok);
@@ -791,22 +790,15 @@ mod tests {
     #[test]
     fn a_long_run_is_not_hidden_by_a_short_one_inside_it() {
         let l = Layout::DEFAULT;
-        let mut f = Fold::default();
-        for tick in 0..4 {
-            f.push(&l, range(id(tick, 0, 0), 4096));
-        }
-        f.push(&l, range(id(1, 0, 5), 1));
-        f.push(&l, range(id(3, 0, 5), 1));
+        let whole_ticks = (0..4).map(|tick| (id(tick, 0, 0), 4096));
+        let f = fold(whole_ticks.chain([(id(1, 0, 5), 1), (id(3, 0, 5), 1)]));
         assert_eq!(f.verdict(&l, 1).overlaps, 2);
     }
 
     #[test]
     fn equal_positions_of_different_workers_do_not_overlap() {
         let l = Layout::DEFAULT;
-        let mut f = Fold::default();
-        for w in 0..4 {
-            f.push(&l, range(id(7, w, 0), 4096));
-        }
+        let f = fold((0..4).map(|w| (id(7, w, 0), 4096)));
         let v = f.verdict(&l, 4);
         assert!(v.ok, "{v:?}");
         assert_eq!(v.runs, 4);
@@ -815,17 +807,11 @@ mod tests {
     #[test]
     fn foreign_workers_tick_crossings_and_empty_ranges_fail() {
         let l = Layout::DEFAULT;
-        let mut f = Fold::default();
-        f.push(&l, range(id(7, 9, 0), 1));
-        let v = f.verdict(&l, 4);
+        let v = fold([(id(7, 9, 0), 1)]).verdict(&l, 4);
         assert_eq!((v.unexpected_worker, v.ok), (1, false));
-        let mut f = Fold::default();
-        f.push(&l, range(id(7, 0, 4000), 97));
-        assert_eq!(f.verdict(&l, 4).crossing_tick, 1);
-        let mut f = Fold::default();
-        f.push(&l, range(id(7, 0, 0), 0));
+        assert_eq!(fold([(id(7, 0, 4000), 97)]).verdict(&l, 4).crossing_tick, 1);
         assert!(
-            !f.verdict(&l, 4).ok,
+            !fold([(id(7, 0, 0), 0)]).verdict(&l, 4).ok,
             "an empty range and no IDs is no proof"
         );
         assert!(!Fold::default().verdict(&l, 4).ok);

@@ -153,14 +153,19 @@ mod tests {
         response_line(&response, &Layout::DEFAULT)
     }
 
+    /// The line of a LEASED reply in the default layout.
+    fn leased(request_id: u32, first_id: u64, count: u32) -> String {
+        line(Response::Leased {
+            request_id,
+            first_id,
+            count,
+        })
+    }
+
     #[test]
     fn leased_lines_show_the_decoded_block() {
         let first = Layout::DEFAULT.compose(1, 3, 10);
-        let line = line(Response::Leased {
-            request_id: 1,
-            first_id: first,
-            count: 5,
-        });
+        let line = leased(1, first, 5);
         assert_eq!(
             line,
             format!(
@@ -172,11 +177,7 @@ mod tests {
     #[test]
     fn a_block_crossing_ticks_shows_both_ends() {
         let first = Layout::DEFAULT.compose(1, 0, 4095);
-        let line = line(Response::Leased {
-            request_id: 2,
-            first_id: first,
-            count: 2,
-        });
+        let line = leased(2, first, 2);
         assert!(line.contains("sequence 4095 .. "), "{line}");
     }
 

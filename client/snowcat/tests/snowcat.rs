@@ -6,9 +6,9 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use snowlease::Layout;
 use snowlease_server::{start, RunningServer, ServerConfig};
@@ -16,11 +16,8 @@ use snowlease_server::{start, RunningServer, ServerConfig};
 /// Far above any run here (each takes milliseconds) and below a test harness's patience.
 const RUN_LIMIT: Duration = Duration::from_secs(30);
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
+/// Exit code, stdout and stderr of one run.
+type Run = snowlease_testkit::cli::Output;
 
 fn server() -> RunningServer {
     start(ServerConfig::for_tests(3)).unwrap()
@@ -39,61 +36,35 @@ fn snowcat_ok(args: &[&str], stdin: &str) -> Run {
 }
 
 fn snowcat_env(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Run {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_snowcat"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_snowcat"));
+    command
         .args(args)
         .env_remove("SNOWLEASE_ADDR")
         .env_remove("SNOWLEASE_TOKEN")
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    let text = stdin.to_owned();
-    let writer = thread::spawn(move || {
-        // A child that exits early closes the pipe; that is its business, not an error here.
-        let _ = input.write_all(text.as_bytes());
-    });
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_reader = thread::spawn(move || {
-        let mut s = String::new();
-        out.read_to_string(&mut s).unwrap();
-        s
-    });
-    let err_reader = thread::spawn(move || {
-        let mut s = String::new();
-        err.read_to_string(&mut s).unwrap();
-        s
-    });
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if started.elapsed() > RUN_LIMIT {
-            child.kill().unwrap();
-            panic!("snowcat {args:?} still running after {RUN_LIMIT:?}");
-        }
-        thread::sleep(Duration::from_millis(5));
-    };
-    writer.join().unwrap();
-    Run {
-        code: status.code().unwrap_or(-1),
-        stdout: out_reader.join().unwrap(),
-        stderr: err_reader.join().unwrap(),
-    }
+        .envs(env.iter().copied());
+    snowlease_testkit::cli::run(&mut command, Some(stdin), RUN_LIMIT)
+        .unwrap_or_else(|e| panic!("snowcat {args:?} {e}"))
 }
 
 fn addr(server: &RunningServer) -> String {
     server.lease_addr().to_string()
 }
 
+/// Runs snowcat like [`snowcat`] against `server`: `args`, then `--addr` with its address.
+fn snowcat_at(server: &RunningServer, args: &[&str], stdin: &str) -> Run {
+    snowcat(&[args, &["--addr", &addr(server)]].concat(), stdin)
+}
+
+/// Runs snowcat like [`snowcat_at`] and requires exit code 0, as [`snowcat_ok`] does.
+#[track_caller]
+fn snowcat_ok_at(server: &RunningServer, args: &[&str], stdin: &str) -> Run {
+    snowcat_ok(&[args, &["--addr", &addr(server)]].concat(), stdin)
+}
+
 #[test]
 fn lease_prints_n_distinct_rising_ids_from_the_servers_worker() {
     let s = server();
-    let run = snowcat_ok(&["lease", "10000", "--addr", &addr(&s)], "");
+    let run = snowcat_ok_at(&s, &["lease", "10000"], "");
     let ids: Vec<u64> = run.stdout.lines().map(|l| l.parse().unwrap()).collect();
     assert_eq!(ids.len(), 10_000);
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "IDs must rise");
@@ -126,7 +97,7 @@ fn lease_of_zero_is_a_usage_error() {
 #[test]
 fn info_prints_the_welcome_fields_as_a_table_or_json() {
     let s = server();
-    let run = snowcat_ok(&["info", "--addr", &addr(&s)], "");
+    let run = snowcat_ok_at(&s, &["info"], "");
     for needle in [
         "worker id     3",
         "41/10/12",
@@ -139,7 +110,7 @@ fn info_prints_the_welcome_fields_as_a_table_or_json() {
             run.stdout
         );
     }
-    let run = snowcat_ok(&["info", "--json", "--addr", &addr(&s)], "");
+    let run = snowcat_ok_at(&s, &["info", "--json"], "");
     let v: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
     assert_eq!(v["worker_id"], 3);
     assert_eq!(v["version"], 1);
@@ -157,18 +128,7 @@ fn the_address_can_come_from_the_environment() {
 #[test]
 fn ping_prints_one_round_trip_per_pong_and_a_summary() {
     let s = server();
-    let run = snowcat_ok(
-        &[
-            "ping",
-            "--count",
-            "3",
-            "--interval-ms",
-            "0",
-            "--addr",
-            &addr(&s),
-        ],
-        "",
-    );
+    let run = snowcat_ok_at(&s, &["ping", "--count", "3", "--interval-ms", "0"], "");
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(lines.len(), 4, "{}", run.stdout);
     for (i, line) in lines[..3].iter().enumerate() {
@@ -202,41 +162,23 @@ fn decode_takes_the_layout_from_flags() {
     let epoch = 1_600_000_000_000u64;
     let layout = Layout::widths(epoch, 39, 8, 16).unwrap();
     let id = layout.compose(1_000, 200, 65_000);
-    let run = snowcat_ok(
-        &[
-            "decode",
-            "--epoch",
-            "2020-09-13T12:26:40Z",
-            "--timestamp-bits",
-            "39",
-            "--worker-bits",
-            "8",
-            "--sequence-bits",
-            "16",
-            &id.to_string(),
-        ],
-        "",
-    );
+    // The widths of `layout`, as flags.
+    let widths = [
+        "--timestamp-bits",
+        "39",
+        "--worker-bits",
+        "8",
+        "--sequence-bits",
+        "16",
+    ];
+    let by_date = ["decode", "--epoch", "2020-09-13T12:26:40Z"];
+    let run = snowcat_ok(&[&by_date[..], &widths, &[&id.to_string()]].concat(), "");
     assert_eq!(
         run.stdout.trim(),
         format!("{id} 2020-09-13T12:26:41.000Z worker 200 sequence 65000")
     );
-    let run = snowcat_ok(
-        &[
-            "decode",
-            "--json",
-            "--epoch",
-            &epoch.to_string(),
-            "--timestamp-bits",
-            "39",
-            "--worker-bits",
-            "8",
-            "--sequence-bits",
-            "16",
-            &format!("{id:#x}"),
-        ],
-        "",
-    );
+    let by_ms = ["decode", "--json", "--epoch", &epoch.to_string()];
+    let run = snowcat_ok(&[&by_ms[..], &widths, &[&format!("{id:#x}")]].concat(), "");
     let v: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
     assert_eq!(v[0]["worker"], 200);
     assert_eq!(v[0]["tick"], 1_000);
@@ -276,7 +218,7 @@ fn decode_reads_ids_from_stdin_when_none_are_given() {
 #[test]
 fn decode_ask_uses_the_servers_layout() {
     let s = server();
-    let leased = snowcat_ok(&["lease", "1", "--addr", &addr(&s)], "");
+    let leased = snowcat_ok_at(&s, &["lease", "1"], "");
     let id = leased.stdout.trim().to_owned();
     let run = snowcat_ok(&["decode", "--ask", "--json", "--addr", &addr(&s), &id], "");
     let v: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
@@ -296,7 +238,7 @@ fn decode_ask_uses_the_servers_layout() {
 fn stdin_lines_become_frames_and_replies_become_lines() {
     let s = server();
     let input = "# a session\nhello\n\nlease 5\nlease 5 id=9\nping 7\n";
-    let run = snowcat_ok(&["--addr", &addr(&s)], input);
+    let run = snowcat_ok_at(&s, &[], input);
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(lines.len(), 4, "{}", run.stdout);
     assert!(
@@ -313,10 +255,7 @@ fn stdin_lines_become_frames_and_replies_become_lines() {
 #[test]
 fn a_server_error_is_printed_and_sets_exit_code_1_while_the_session_goes_on() {
     let s = server();
-    let run = snowcat(
-        &["--addr", &addr(&s)],
-        "lease 0\nlease 5000 id=4\nlease 1 id=2\n",
-    );
+    let run = snowcat_at(&s, &[], "lease 0\nlease 5000 id=4\nlease 1 id=2\n");
     assert_eq!(run.code, 1, "{}", run.stderr);
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{}", run.stdout);
@@ -338,7 +277,7 @@ fn a_server_error_is_printed_and_sets_exit_code_1_while_the_session_goes_on() {
 fn a_malformed_raw_frame_gets_malformed_and_the_connection_closes() {
     let s = server();
     // LEASE with a 4-byte body instead of 8.
-    let run = snowcat(&["--addr", &addr(&s)], "raw 00000005 02 00000001\n");
+    let run = snowcat_at(&s, &[], "raw 00000005 02 00000001\n");
     assert_eq!(run.code, 1, "{}", run.stderr);
     assert!(
         run.stdout.starts_with("ERROR id=0 code=MALFORMED(1)"),
@@ -350,14 +289,14 @@ fn a_malformed_raw_frame_gets_malformed_and_the_connection_closes() {
 #[test]
 fn a_well_formed_raw_frame_is_answered_like_a_typed_one() {
     let s = server();
-    let run = snowcat_ok(&["--addr", &addr(&s)], "raw 0000000903 0000000000000042\n");
+    let run = snowcat_ok_at(&s, &[], "raw 0000000903 0000000000000042\n");
     assert_eq!(run.stdout.trim(), "PONG nonce=66");
 }
 
 #[test]
 fn bad_input_lines_are_reported_and_skipped() {
     let s = server();
-    let run = snowcat(&["--addr", &addr(&s)], "lease abc\nraw zz\nping 1\n");
+    let run = snowcat_at(&s, &[], "lease abc\nraw zz\nping 1\n");
     assert_eq!(run.code, 1);
     assert_eq!(run.stdout.trim(), "PONG nonce=1");
     assert!(
@@ -376,7 +315,7 @@ fn bad_input_lines_are_reported_and_skipped() {
 #[test]
 fn hex_dumps_the_bytes_both_ways() {
     let s = server();
-    let run = snowcat_ok(&["--hex", "--addr", &addr(&s)], "ping 7\n");
+    let run = snowcat_ok_at(&s, &["--hex"], "ping 7\n");
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(
         lines,
@@ -460,17 +399,7 @@ fn four_workers() -> RunningServer {
 fn lease_bulk_prints_n_distinct_ids_in_blocks_from_the_servers_workers() {
     let s = four_workers();
     // More than one worker's lead (409,600), so the runs come from several workers.
-    let run = snowcat_ok(
-        &[
-            "lease",
-            "2000000",
-            "--bulk",
-            "--ranges",
-            "--addr",
-            &addr(&s),
-        ],
-        "",
-    );
+    let run = snowcat_ok_at(&s, &["lease", "2000000", "--bulk", "--ranges"], "");
     let l = Layout::DEFAULT;
     let mut blocks: Vec<(u64, u64)> = Vec::new();
     let mut workers = Vec::new();
@@ -499,15 +428,12 @@ fn lease_bulk_prints_n_distinct_ids_in_blocks_from_the_servers_workers() {
     );
 
     // Every ID, and one summary line per run, add up the same way.
-    let run = snowcat_ok(&["lease", "10000", "--bulk", "--addr", &addr(&s)], "");
+    let run = snowcat_ok_at(&s, &["lease", "10000", "--bulk"], "");
     let mut ids: Vec<u64> = run.stdout.lines().map(|l| l.parse().unwrap()).collect();
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), 10_000);
-    let run = snowcat_ok(
-        &["lease", "1000000", "--bulk", "--runs", "--addr", &addr(&s)],
-        "",
-    );
+    let run = snowcat_ok_at(&s, &["lease", "1000000", "--bulk", "--runs"], "");
     let total: u64 = run
         .stdout
         .lines()
@@ -518,7 +444,7 @@ fn lease_bulk_prints_n_distinct_ids_in_blocks_from_the_servers_workers() {
         })
         .sum();
     assert_eq!(total, 1_000_000);
-    let run = snowcat(&["lease", "10", "--runs", "--addr", &addr(&s)], "");
+    let run = snowcat_at(&s, &["lease", "10", "--runs"], "");
     assert_eq!(run.code, 2, "--runs needs --bulk");
 }
 
@@ -562,10 +488,7 @@ fn lease_bulk_against_a_version_1_server_says_it_needs_version_2() {
 #[test]
 fn the_stdin_mode_speaks_version_2_after_hello_2_and_dumps_bulk_frames() {
     let s = four_workers();
-    let run = snowcat_ok(
-        &["--hex", "--addr", &addr(&s)],
-        "hello 2\nbulk 10000 id=8\nlease 5\n",
-    );
+    let run = snowcat_ok_at(&s, &["--hex"], "hello 2\nbulk 10000 id=8\nlease 5\n");
     // Sends and replies interleave as they happen; each kind keeps its own order.
     let of = |prefix: &str| -> Vec<String> {
         run.stdout

@@ -17,6 +17,7 @@
 //! Nothing here knows the wire protocol: tests bring their own clients, so that this crate
 //! never hides what a test asserts.
 
+pub mod cli;
 pub mod http;
 pub mod log;
 pub mod pki;
