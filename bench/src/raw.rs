@@ -280,13 +280,8 @@ pub async fn drive(
 
 /// The layout a server announced in WELCOME.
 pub(crate) fn welcome_layout(w: &Welcome) -> Result<Layout, String> {
-    Layout::widths(
-        w.epoch_unix_ms,
-        w.timestamp_bits,
-        w.worker_bits,
-        w.sequence_bits,
-    )
-    .map_err(|e| format!("the server announced an invalid layout: {e}"))
+    w.layout()
+        .map_err(|e| format!("the server announced an invalid layout: {e}"))
 }
 
 /// The bulk context of a connection driven with `--bulk` (`None` without it).

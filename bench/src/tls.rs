@@ -4,7 +4,7 @@
 //! turn them into one [`TlsTarget`] (a connector on a rustls config read once, and the name
 //! to verify) that every connection's handshake uses, and the client modes pass the same
 //! options to [`snowlease::ClientConfig::tls`]. With `--spawn --tls` and no `--tls-ca`,
-//! [`throwaway`] makes a CA and a certificate for 127.0.0.1 with rcgen in a temporary
+//! [`throwaway`] makes a CA and a certificate for 127.0.0.1 with the harness in a temporary
 //! directory, hands the certificate and key to the spawned server and trusts the CA.
 
 use std::path::{Path, PathBuf};
@@ -13,6 +13,7 @@ use snowlease::client::TlsOptions;
 use snowlease::rustls::pki_types::ServerName;
 use snowlease::tokio_rustls::client::TlsStream;
 use snowlease::tokio_rustls::TlsConnector;
+use snowlease_testkit::pki::Ca;
 use tokio::net::TcpStream;
 
 /// A connector and the name every handshake verifies.
@@ -68,22 +69,15 @@ pub struct Throwaway {
 }
 
 /// A fresh CA and a server certificate it signed, for 127.0.0.1 and localhost, written to a
-/// new temporary directory. ECDSA P-256 (rcgen's default), the usual choice for new
-/// certificates and what cert-manager issues when asked for ECDSA.
+/// new temporary directory (the harness's [`Ca`]: ECDSA P-256, as cert-manager issues when
+/// asked for ECDSA).
 pub fn throwaway() -> Result<Throwaway, String> {
-    let fail = |e: rcgen::Error| format!("cannot generate a throwaway certificate: {e}");
+    let fail =
+        |e: snowlease_testkit::pki::Error| format!("cannot generate a throwaway certificate: {e}");
     let dir = std::env::temp_dir().join(format!("snowlease-bench-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let ca_key = rcgen::KeyPair::generate().map_err(fail)?;
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_pem = ca.self_signed(&ca_key).map_err(fail)?.pem();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = rcgen::KeyPair::generate().map_err(fail)?;
-    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-        .map_err(fail)?
-        .signed_by(&key, &issuer)
-        .map_err(fail)?;
+    let ca = Ca::new("bench").map_err(fail)?;
+    let leaf = ca.leaf(&["127.0.0.1", "localhost"]).map_err(fail)?;
     let files = Throwaway {
         ca: dir.join("ca.pem"),
         cert: dir.join("cert.pem"),
@@ -91,9 +85,9 @@ pub fn throwaway() -> Result<Throwaway, String> {
         dir,
     };
     for (path, text) in [
-        (&files.ca, ca_pem),
-        (&files.cert, cert.pem()),
-        (&files.key, key.serialize_pem()),
+        (&files.ca, ca.pem().to_owned()),
+        (&files.cert, leaf.cert),
+        (&files.key, leaf.key),
     ] {
         std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }

@@ -239,49 +239,24 @@ mod tests {
 
     /// A CA and a leaf for 127.0.0.1 and localhost, as PEM.
     fn ca_and_leaf() -> (String, String, String) {
-        let ca_key = rcgen::KeyPair::generate().expect("key");
-        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca_cert = ca.self_signed(&ca_key).expect("ca");
-        let issuer = rcgen::Issuer::new(ca, ca_key);
-        let leaf_key = rcgen::KeyPair::generate().expect("key");
-        let leaf = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-            .expect("params")
-            .signed_by(&leaf_key, &issuer)
-            .expect("leaf");
-        (ca_cert.pem(), leaf.pem(), leaf_key.serialize_pem())
+        let ca = snowlease_testkit::pki::Ca::new("unit").expect("ca");
+        let leaf = ca.leaf(&["localhost", "127.0.0.1"]).expect("leaf");
+        (ca.pem().to_owned(), leaf.cert, leaf.key)
     }
 
-    struct Dir(PathBuf);
+    /// A scratch directory, removed on drop.
+    struct Dir(snowlease_testkit::TempDir);
 
     impl Dir {
         fn new(name: &str) -> Dir {
-            let dir = std::env::temp_dir().join(format!(
-                "snowlease-tls-{name}-{}-{}",
-                std::process::id(),
-                fastrand_suffix()
-            ));
-            std::fs::create_dir_all(&dir).expect("mkdir");
-            Dir(dir)
+            Dir(snowlease_testkit::temp_dir(&format!("tls-{name}")))
         }
 
         fn write(&self, name: &str, text: &str) -> PathBuf {
-            let path = self.0.join(name);
+            let path = self.0.path().join(name);
             std::fs::write(&path, text).expect("write");
             path
         }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn fastrand_suffix() -> u128 {
-        SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
     }
 
     fn paths(cert: PathBuf, key: PathBuf) -> TlsPaths {
@@ -315,7 +290,7 @@ mod tests {
         let key = dir.write("key.pem", &key);
         let garbage = dir.write("garbage.pem", "-----BEGIN CERTIFICATE-----\n!!!!\n");
         let text = dir.write("text.pem", "hello\n");
-        let missing = dir.0.join("missing.pem");
+        let missing = dir.0.path().join("missing.pem");
 
         let err = refusal(&paths(missing.clone(), key.clone()));
         assert!(

@@ -712,24 +712,9 @@ fn add(into: &mut [u64], from: &[u64]) {
     }
 }
 
-/// User + system CPU seconds of this process, from `/proc/self/stat` (0 where unavailable).
+/// User + system CPU seconds of this process (0 where unavailable).
 fn cpu_seconds() -> f64 {
-    // Fields 14 and 15 (utime, stime) in clock ticks; USER_HZ is 100 on Linux.
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    let Some(after_name) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // After the name, field 3 (state) is index 0, so utime (14) is index 11.
-    (ticks(11) + ticks(12)) as f64 / 100.0
+    snowlease_testkit::procfs::cpu_seconds(std::process::id()).unwrap_or(0.0)
 }
 
 /// Peak resident memory (`VmHWM`) of this process in kB (0 where unavailable).

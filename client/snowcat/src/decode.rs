@@ -106,7 +106,7 @@ async fn ask_layout(common: &Common) -> Result<Layout, Failure> {
     let (mut reader, mut writer) = conn::connect(common, timeout).await?;
     let welcome =
         conn::handshake(&mut reader, &mut writer, common.token.as_deref(), timeout).await?;
-    crate::format::welcome_layout(&welcome).ok_or_else(|| {
+    welcome.layout().map_err(|_| {
         Failure::Failed(format!(
             "the server announced an invalid layout {}/{}/{}",
             welcome.timestamp_bits, welcome.worker_bits, welcome.sequence_bits

@@ -115,32 +115,6 @@ fn range_summary(first: u64, count: u32, layout: &Layout) -> String {
     }
 }
 
-/// The layout a WELCOME announces, or `None` if its widths are invalid.
-pub fn welcome_layout(w: &Welcome) -> Option<Layout> {
-    Layout::widths(
-        w.epoch_unix_ms,
-        w.timestamp_bits,
-        w.worker_bits,
-        w.sequence_bits,
-    )
-    .ok()
-}
-
-/// A version-1 WELCOME announcing `layout`, for tests: [`welcome_layout`]'s inverse.
-#[cfg(test)]
-pub fn welcome_of(layout: &Layout, worker_id: u16, server_unix_ms: u64) -> Welcome {
-    Welcome {
-        version: snowlease::wire::VERSION,
-        worker_id,
-        epoch_unix_ms: layout.epoch_unix_ms(),
-        timestamp_bits: layout.timestamp_bits(),
-        worker_bits: layout.worker_bits(),
-        sequence_bits: layout.sequence_bits(),
-        max_lease: layout.max_lease(),
-        server_unix_ms,
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -222,12 +196,12 @@ mod tests {
 
     #[test]
     fn welcome_lines_spell_out_the_layout() {
-        let w = welcome_of(&Layout::DEFAULT, 7, 1_704_067_200_000);
+        let w = Welcome::announcing(1, 7, &Layout::DEFAULT, 1_704_067_200_000);
         assert_eq!(
             line(Response::Welcome(w)),
             "WELCOME version=1 worker=7 layout=41/10/12 epoch=2024-01-01T00:00:00.000Z \
              max_lease=4096 server_time=2024-01-01T00:00:00.000Z"
         );
-        assert_eq!(welcome_layout(&w), Some(Layout::DEFAULT));
+        assert_eq!(w.layout(), Ok(Layout::DEFAULT));
     }
 }

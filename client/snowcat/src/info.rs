@@ -51,9 +51,10 @@ pub async fn run_info(common: &Common, args: &InfoArgs) -> Result<(), Failure> {
 }
 
 fn info_table(addr: &str, w: &Welcome, skew_ms: i64) -> String {
-    let eol = crate::format::welcome_layout(w)
-        .map(|l| format_unix_ms(l.end_of_life_unix_ms()))
-        .unwrap_or_else(|| "invalid layout".into());
+    let eol = w.layout().map_or_else(
+        |_| "invalid layout".into(),
+        |l| format_unix_ms(l.end_of_life_unix_ms()),
+    );
     [
         format!("address       {addr}"),
         format!("version       {}", w.version),
@@ -158,7 +159,7 @@ mod tests {
     use super::*;
 
     fn welcome() -> Welcome {
-        crate::format::welcome_of(&snowlease::Layout::DEFAULT, 3, 1_704_067_201_000)
+        Welcome::announcing(1, 3, &snowlease::Layout::DEFAULT, 1_704_067_201_000)
     }
 
     #[test]

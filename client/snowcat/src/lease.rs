@@ -165,8 +165,9 @@ pub async fn run(common: &Common, args: &LeaseArgs) -> Result<(), Failure> {
     if welcome.max_lease == 0 {
         return Err(Failure::Failed("the server announced max_lease 0".into()));
     }
-    let layout = crate::format::welcome_layout(&welcome)
-        .ok_or_else(|| Failure::Failed("the server announced an invalid layout".into()))?;
+    let layout = welcome
+        .layout()
+        .map_err(|_| Failure::Failed("the server announced an invalid layout".into()))?;
     let (max_ask, bulk) = match (args.bulk, workers) {
         (false, _) => (welcome.max_lease, None),
         (true, None) => {

@@ -211,7 +211,7 @@ impl Session {
     fn print_reply(&mut self, frame: &Frame) -> Result<(), Failure> {
         match &frame.response {
             Response::Welcome(w) | Response::WelcomeV2 { welcome: w, .. } => {
-                if let Some(layout) = crate::format::welcome_layout(w) {
+                if let Ok(layout) = w.layout() {
                     self.layout = layout;
                 }
             }

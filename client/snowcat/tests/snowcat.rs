@@ -348,18 +348,11 @@ fn a_token_in_the_stdin_mode_sends_hello_first() {
 fn every_connecting_mode_works_over_tls_and_a_wrong_ca_is_a_connect_failure() {
     let dir = std::env::temp_dir().join(format!("snowcat-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    std::fs::write(dir.join("ca.pem"), ca.self_signed(&ca_key).unwrap().pem()).unwrap();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["ids.test".to_owned()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+    let ca = snowlease_testkit::pki::Ca::new("snowcat").unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    let leaf = ca.leaf(&["ids.test"]).unwrap();
+    std::fs::write(dir.join("cert.pem"), leaf.cert).unwrap();
+    std::fs::write(dir.join("key.pem"), leaf.key).unwrap();
     let mut config = ServerConfig::for_tests(3);
     config.tls = Some(snowlease_server::config::TlsPaths {
         cert: dir.join("cert.pem"),

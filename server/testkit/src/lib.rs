@@ -12,6 +12,8 @@
 //!   the `serving` line.
 //! - [`http`]: a small HTTP GET for the admin port and lookups in `/metrics` text.
 //! - [`procfs`]: resident memory, descriptors, threads, open-file limits, CPU time, liveness.
+//! - [`cli`]: runs a project command-line binary (bench, snowcat) to its end, bounded: exit
+//!   code, stdout, stderr; a child still running at the limit is killed and reaped.
 //! - [`pki`]: a throwaway CA and the leaf certificates it signs, for TLS tests and the bench.
 //!
 //! Nothing here knows the wire protocol: tests bring their own clients, so that this crate

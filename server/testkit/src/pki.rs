@@ -3,6 +3,8 @@
 //! ECDSA P-256 (rcgen's default), the usual choice for new certificates and what
 //! cert-manager issues when asked for ECDSA. Nothing here is secret past the process's life.
 
+pub use rcgen::Error;
+
 /// A certificate authority that signs leaf certificates.
 pub struct Ca {
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
