@@ -420,9 +420,9 @@ func TestADumpWhoseBytesDisagreeWithItsAnnotationFailsTheCheck(t *testing.T) {
 	}
 }
 
-// v2Dumps are the version-2 frames as COMMON.md describes them, in protocol.md's dump
-// format, until the spec text lands: the same parser and checks run over them, so when
-// protocol.md gains its own v2 dumps the test above covers them with no change here.
+// v2Dumps are version-2 vectors beside protocol.md's own (which the test above reads), in
+// its dump format and through the same parser and checks: the largest BULK_LEASE count
+// (max_bulk) and a BULK_LEASED whose runs belong to two workers of one tick.
 const v2Dumps = "```text\n" + `hex: WELCOME version 2
 00 00 00 24               length = 36
 81                        opcode = 0x81 (WELCOME)

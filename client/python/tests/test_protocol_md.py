@@ -325,9 +325,9 @@ def test_the_limits_quoted_in_protocol_md_are_the_codecs(doc: str) -> None:
         assert f"`{text}`" in doc, f"protocol.md lacks `{text}`"
 
 
-# Version-2 frames as COMMON.md describes them, in protocol.md's dump format, until the
-# spec text lands: the same parser and checks run over them, so when protocol.md gains its
-# own v2 dumps the test above covers them with no change here.
+# Version-2 vectors beside protocol.md's own (which the test above reads), in its dump format
+# and through the same parser and checks: the largest BULK_LEASE count (max_bulk) and a
+# BULK_LEASED whose runs belong to two workers of one tick.
 V2_DUMPS = """
 ```text
 hex: WELCOME version 2
