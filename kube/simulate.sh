@@ -804,7 +804,7 @@ scale_row() {
         for sort in cpu comm dso,sym; do
             echo "## perf report --sort $sort"
             perf report -i "$PERF_DIR/row$row.data" --stdio --no-children --sort "$sort" -g none \
-                2>/dev/null | grep -v -e '^#' -e '^$' | head -n 30
+                2>/dev/null | grep -v -e '^#' -e '^$' | sed -n '1,30p'  # not head: SIGPIPE under pipefail
         done >"$PERF_DIR/row$row.txt"
     fi
     [[ $goal == - ]] || goal_args=(--goal "$goal")
