@@ -39,7 +39,7 @@ pub const MAX_HTTP_COUNT: u32 = 4096;
 
 /// Admin connections served at once. Probes and scrapes need a handful; the cap keeps a
 /// client that opens connections and never finishes a request from using up the descriptors
-/// the lease port needs. Past it a connection gets [`BUSY`] and is closed at once.
+/// the lease port needs. Past it a connection gets `BUSY` (a 503) and is closed at once.
 pub const MAX_ADMIN_CONNECTIONS: usize = 64;
 
 /// Time a client has to send a request's headers, counted from the connection's start or

@@ -1,9 +1,9 @@
 //! The serving cores: one thread per core, each running a `current_thread` runtime that
 //! accepts on its own SO_REUSEPORT listener and serves the connections it accepted.
 //!
-//! A connection flows in through [`accept_loop`], which admits it against two caps (the
+//! A connection flows in through `accept_loop`, which admits it against two caps (the
 //! server's `--max-connections`, a semaphore shared by all cores, and the per-peer
-//! `--max-connections-per-peer`, a [`PeerTable`] keyed by source address) and spawns its task
+//! `--max-connections-per-peer`, a [`PeerTable`](crate::peers::PeerTable) keyed by source address) and spawns its task
 //! on the same core: `conn::serve`, inside TLS when configured. A connection over either cap
 //! gets ERROR OVERLOADED and a brief linger (`conn::turn_away`), bounded per core. Shutdown
 //! cancels the accept loops and waits for the connection tasks to drain within the drain

@@ -1,4 +1,4 @@
-//! Why a server could not start: one error type for everything [`crate::start`] does, each
+//! Why a server could not start: one error type for everything [`crate::start()`] does, each
 //! variant wrapping the module that refused, so the binary prints one line naming the value.
 
 use std::io;

@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //! Start-up and the threads it starts:
-//! - [`start`] (module `start`): the order of start-up and shutdown, and [`RunningServer`].
+//! - [`start`](mod@start) (module `start`): the order of start-up and shutdown, and [`RunningServer`].
 //! - [`listen`]: the sockets, all bound before anything is written.
 //! - [`cores`]: one `current_thread` runtime per core and its accept loop; [`peers`]: the
 //!   per-peer connection cap it applies.

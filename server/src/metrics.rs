@@ -3,7 +3,7 @@
 //! Each serving core (and the admin thread) owns one cache-padded [`CoreMetrics`] slot and only
 //! ever increments its own. A scrape sums the slots, takes the [`Gauges`] the admin port reads
 //! from the generators, the clock and the state directory, and renders every family of
-//! [`FAMILIES`] in order: each family is declared once there (name, type, help and where its
+//! `FAMILIES` in order: each family is declared once there (name, type, help and where its
 //! samples come from), and label sets that follow an enum ([`Outcome`], [`Rejection`],
 //! [`Wait`], the protocol's error codes) are generated from the enum, so no table can drift
 //! from the code that counts.

@@ -33,6 +33,8 @@ mod netcat;
 ///
 /// Exit code: 0 no error, 1 a server ERROR, an unparsable line or a closed connection,
 /// 2 usage or connect failure.
+// This comment is `--help` text, verbatim: its brackets are usage, not intra-doc links.
+#[allow(rustdoc::broken_intra_doc_links)]
 #[derive(Debug, Parser)]
 #[command(name = "snowcat", version, verbatim_doc_comment)]
 struct Cli {
