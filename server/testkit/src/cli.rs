@@ -12,7 +12,7 @@ use std::io::{self, Read, Write};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 use rustix::process::{Pid, WaitId, WaitIdOptions};
@@ -96,21 +96,32 @@ pub fn run(
 /// Waits for `child` to exit, up to `limit`; one still running then is killed (SIGKILL) and
 /// reaped, and the answer is `None`.
 pub fn wait_or_kill(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let status = wait_until(child, Instant::now() + limit);
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    status
+}
+
+/// Waits for `child` to exit until `deadline` and reaps it; `None` (the child left running)
+/// if it has not exited by then. Blocks in `waitid` on a thread instead of polling.
+pub fn wait_until(child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
+    if let Ok(Some(status)) = child.try_wait() {
+        return Some(status);
+    }
     let pid = Pid::from_child(child);
     let (exited, seen) = mpsc::channel();
     thread::spawn(move || {
-        // WNOWAIT: the child stays a zombie until `child.wait()` reaps it, so the kill below
-        // can never reach a process that took over its pid.
+        // WNOWAIT: the child stays a zombie until `child.wait()` reaps it, so a kill by the
+        // caller can never reach a process that took over its pid.
         let options = WaitIdOptions::EXITED | WaitIdOptions::NOWAIT;
         while let Err(Errno::INTR) = rustix::process::waitid(WaitId::Pid(pid), options) {}
         let _ = exited.send(());
     });
-    if seen.recv_timeout(limit).is_ok() {
-        return child.wait().ok();
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
+    let left = deadline.saturating_duration_since(Instant::now());
+    seen.recv_timeout(left).ok()?;
+    child.wait().ok()
 }
 
 /// A thread reading `pipe` (when there is one) to its end.
@@ -174,6 +185,17 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, RunError::TimedOut { .. }), "{err}");
+    }
+
+    #[test]
+    fn wait_until_leaves_a_running_child_running_and_reaps_one_that_exited() {
+        let mut child = Command::new("sleep").arg("600").spawn().unwrap();
+        let soon = std::time::Instant::now() + Duration::from_millis(50);
+        assert_eq!(wait_until(&mut child, soon), None);
+        assert!(crate::procfs::alive(child.id()));
+        child.kill().unwrap();
+        let later = std::time::Instant::now() + Duration::from_secs(30);
+        assert!(wait_until(&mut child, later).is_some_and(|s| !s.success()));
     }
 
     #[test]

@@ -386,7 +386,7 @@ impl ServerCommand {
         let deadline = Instant::now() + timeout;
         let closed = log.wait_closed(deadline);
         let status = if closed {
-            wait_child(&mut child, deadline)
+            crate::cli::wait_until(&mut child, deadline)
         } else {
             None
         };
@@ -404,21 +404,6 @@ impl ServerCommand {
                 })
             }
         }
-    }
-}
-
-/// Polls `child` until it exits or `deadline` passes. Polling, because `Child::wait` has no
-/// timeout; the exit itself was already seen as the end of stderr, so this returns at once
-/// unless a grandchild kept the pipe open.
-fn wait_child(child: &mut Child, deadline: Instant) -> Option<ExitStatus> {
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -553,7 +538,7 @@ impl ServerProcess {
         let deadline = Instant::now() + timeout;
         // The end of stderr comes with the exit: wait on that first, then reap.
         self.log.wait_closed(deadline);
-        wait_child(&mut self.child, deadline)
+        crate::cli::wait_until(&mut self.child, deadline)
     }
 
     /// SIGKILL, and reaps it.
