@@ -21,7 +21,7 @@ print_help() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { print }' "$0"; }
 
 # parse_args FLAG=VAR... -- ARG...: the script's options. Each `FLAG VALUE` among the ARGs sets
 # the variable VAR to VALUE (the last one wins); -h/--help prints the usage and exits 0; any
-# other ARG is a usage error (exit 2). A FLAG without its VALUE stops the script (`set -u`).
+# other ARG, or a FLAG without its VALUE, is a usage error (exit 2).
 parse_args() {
     local flags=() spec
     while [[ $1 != -- ]]; do flags+=("$1"); shift; done
@@ -30,6 +30,7 @@ parse_args() {
         case $1 in -h|--help) print_help; exit 0 ;; esac
         for spec in "${flags[@]}"; do
             if [[ $1 == "${spec%%=*}" ]]; then
+                [[ $# -ge 2 ]] || { echo "$SCRIPT.sh: $1 needs a value" >&2; exit 2; }
                 printf -v "${spec#*=}" '%s' "$2"
                 shift 2
                 continue 2
