@@ -188,45 +188,12 @@ fn model(stream: &[u8], guarded: bool) -> Vec<Expect> {
 /// Checks one reply against what was expected; LEASED blocks also against the generator's
 /// history.
 fn check(reply: &Response, expect: &Expect, server: &Server) {
-    let layout = Layout::DEFAULT;
-    let welcome = match (reply, expect) {
+    match (reply, expect) {
         (Response::Welcome(w), Expect::Welcome { version }) => {
-            assert_eq!(*version, wire::VERSION);
-            Some(w)
+            check_welcome(w, None, *version, server)
         }
         (Response::WelcomeV2 { welcome, workers }, Expect::Welcome { version }) => {
-            assert_eq!(*version, wire::VERSION_2);
-            let set = WorkerSet {
-                first_worker: WORKER,
-                worker_count: server.workers,
-                max_bulk: wire::MAX_BULK,
-            };
-            assert_eq!(*workers, set);
-            assert!(
-                set.contains(welcome.worker_id),
-                "home worker outside the set"
-            );
-            Some(welcome)
-        }
-        _ => None,
-    };
-    if let Some(w) = welcome {
-        assert_eq!(w.version, expect_version(expect));
-        assert!((WORKER..WORKER + server.workers).contains(&w.worker_id));
-    }
-    match (reply, expect) {
-        (Response::Welcome(w) | Response::WelcomeV2 { welcome: w, .. }, Expect::Welcome { .. }) => {
-            assert_eq!(w.max_lease, layout.max_lease());
-            assert_eq!(w.epoch_unix_ms, layout.epoch_unix_ms());
-            let bits = (w.timestamp_bits, w.worker_bits, w.sequence_bits);
-            assert_eq!(
-                bits,
-                (
-                    layout.timestamp_bits(),
-                    layout.worker_bits(),
-                    layout.sequence_bits()
-                )
-            );
+            check_welcome(welcome, Some(workers), *version, server)
         }
         (
             Response::Leased {
@@ -251,25 +218,7 @@ fn check(reply: &Response, expect: &Expect, server: &Server) {
             },
         ) => {
             assert_eq!(request_id, want);
-            assert!(
-                (1..=wire::MAX_RUNS).contains(&runs.len()),
-                "{} runs",
-                runs.len()
-            );
-            let total: u64 = runs.iter().map(|r| u64::from(r.count)).sum();
-            assert!(
-                total >= 1 && total <= u64::from(*asked),
-                "{total} IDs for {asked}"
-            );
-            for run in runs {
-                assert!(
-                    layout.run_fits(run.first_id, run.count),
-                    "{run:?} passes the end"
-                );
-                for (first_id, count) in layout.blocks(run.first_id, run.count) {
-                    check_block(first_id, count, server);
-                }
-            }
+            check_runs(runs, *asked, server);
         }
         (
             Response::Error {
@@ -296,11 +245,60 @@ fn check(reply: &Response, expect: &Expect, server: &Server) {
     }
 }
 
-/// The version a [`Expect::Welcome`] names (0 for any other expectation).
-fn expect_version(expect: &Expect) -> u16 {
-    match expect {
-        Expect::Welcome { version } => *version,
-        _ => 0,
+/// Checks a WELCOME (with its worker set when it is a version-2 one) against the version the
+/// model negotiated and the server's configuration.
+fn check_welcome(w: &wire::Welcome, workers: Option<&WorkerSet>, version: u16, server: &Server) {
+    let layout = Layout::DEFAULT;
+    match workers {
+        None => assert_eq!(version, wire::VERSION),
+        Some(workers) => {
+            assert_eq!(version, wire::VERSION_2);
+            let set = WorkerSet {
+                first_worker: WORKER,
+                worker_count: server.workers,
+                max_bulk: wire::MAX_BULK,
+            };
+            assert_eq!(*workers, set);
+            assert!(set.contains(w.worker_id), "home worker outside the set");
+        }
+    }
+    assert_eq!(w.version, version);
+    assert!((WORKER..WORKER + server.workers).contains(&w.worker_id));
+    assert_eq!(w.max_lease, layout.max_lease());
+    assert_eq!(w.epoch_unix_ms, layout.epoch_unix_ms());
+    let bits = (w.timestamp_bits, w.worker_bits, w.sequence_bits);
+    assert_eq!(
+        bits,
+        (
+            layout.timestamp_bits(),
+            layout.worker_bits(),
+            layout.sequence_bits()
+        )
+    );
+}
+
+/// Checks the runs of a BULK_LEASED asked for `asked` IDs: how many, how many IDs in all, none
+/// past the layout's end, and every per-tick block of every run against the generator's history.
+fn check_runs(runs: &[wire::Run], asked: u32, server: &Server) {
+    let layout = Layout::DEFAULT;
+    assert!(
+        (1..=wire::MAX_RUNS).contains(&runs.len()),
+        "{} runs",
+        runs.len()
+    );
+    let total: u64 = runs.iter().map(|r| u64::from(r.count)).sum();
+    assert!(
+        total >= 1 && total <= u64::from(asked),
+        "{total} IDs for {asked}"
+    );
+    for run in runs {
+        assert!(
+            layout.run_fits(run.first_id, run.count),
+            "{run:?} passes the end"
+        );
+        for (first_id, count) in layout.blocks(run.first_id, run.count) {
+            check_block(first_id, count, server);
+        }
     }
 }
 
