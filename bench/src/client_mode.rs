@@ -18,9 +18,9 @@ use tokio::time::Instant;
 
 use snowlease::{Client, Error};
 
+use crate::settings::Timeline;
 use crate::stats::{self, Counters};
 use crate::verify::{Block, Runs};
-use crate::Timeline;
 
 /// Calls between clock reads, counter updates and yields. At ~50 ns a call that is every
 /// few microseconds: fine-grained enough for the stop time and the per-second series.

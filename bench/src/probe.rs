@@ -39,9 +39,9 @@ use tokio::time::{interval_at, timeout_at, Instant, MissedTickBehavior};
 use snowlease::wire::{self, ErrorCode, Request, Response};
 
 use crate::raw::{self, Opened};
+use crate::settings::Timeline;
 use crate::stats::{self, Counters, Latency};
 use crate::verify::Block;
-use crate::Timeline;
 
 /// Probe connections of `--mode peer-cap` allowed in flight at once. A server that answers
 /// within the timeout keeps far fewer open (interval 5 ms, answers in under a millisecond

@@ -33,10 +33,10 @@ use tokio::time::{timeout_at, Instant};
 use snowlease::wire::{self, goaway, Request, Response, Run, Welcome, WorkerSet};
 use snowlease::Layout;
 
+use crate::settings::Timeline;
 use crate::stats::{self, Counters};
 use crate::tls::TlsTarget;
 use crate::verify::Block;
-use crate::Timeline;
 
 /// A byte stream the load runs over: TCP or TLS over TCP.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}

@@ -12,9 +12,9 @@ use serde::Serialize;
 use snowlease::Layout;
 
 use crate::probe::ProbeReport;
+use crate::settings::{Mode, Settings};
 use crate::stats::{self, duration_text, thousands, Counters, Latency, Sample};
 use crate::verify::Verdict;
-use crate::{Mode, Settings};
 
 /// The settings as reported.
 #[derive(Debug, Clone, Serialize)]

@@ -224,6 +224,70 @@ fn a_mark_past_the_end_of_life_refuses_to_start_with_a_clear_message() {
     }
 }
 
+/// The real end of life, reached while serving (audit point 3: `/readyz` said ready when
+/// nothing could be issued). The layout's smallest timestamp field (16 bits: 65.5 s) with an
+/// epoch that puts its end 20 s after now: far enough for any start on a loaded machine to
+/// finish before it, so this test watches the clock reach a moment, bounded past it.
+#[test]
+fn a_layout_that_runs_out_while_serving_turns_readiness_to_exhausted_and_leases_away() {
+    let end_in = 20_000;
+    let epoch = (snowlease::layout::unix_ms_now() + end_in - (1 << 16)).to_string();
+    let args = [
+        "--worker-id",
+        "19",
+        "--timestamp-bits",
+        "16",
+        "--worker-bits",
+        "16",
+        "--sequence-bits",
+        "31",
+        "--epoch",
+        &epoch,
+        "--min-years-left",
+        "0",
+    ];
+    let s = Server::start(&[], &args, &[]);
+    let end = Instant::now() + Duration::from_millis(end_in);
+    let mut c = Client::connect(s.lease);
+    assert_eq!(c.lease_many(1).len(), 1, "served before its end of life");
+    loop {
+        let r = s.process.http_get("/readyz", &[]).expect("readyz");
+        if r.status == 503 && r.body.contains("exhausted") {
+            break;
+        }
+        assert!(
+            Instant::now() < end + TIMEOUT,
+            "still {} {:?} long after the end of life",
+            r.status,
+            r.body
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(s.metric("snowlease_not_ready{reason=\"exhausted\"}"), 1.0);
+    c.send(&Request::Lease {
+        request_id: 42,
+        count: 1,
+    });
+    match c.response() {
+        Some(Response::Error {
+            request_id: 42,
+            code: ErrorCode::UNAVAILABLE,
+            ..
+        }) => {}
+        other => panic!("expected UNAVAILABLE past the end of life, got {other:?}"),
+    }
+    let r = s
+        .process
+        .http_get("/generate-id", &[])
+        .expect("generate-id");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(
+        status(&s, "/healthz"),
+        200,
+        "liveness does not depend on the layout"
+    );
+}
+
 #[test]
 fn a_state_file_lost_from_a_used_directory_refuses_to_start() {
     let dir = temp_dir("audit-lost");

@@ -17,7 +17,7 @@ use tokio::time::{timeout_at, Instant};
 
 use snowlease::wire::{self, Request, Response, Welcome, WorkerSet, LEN_PREFIX, MAX_FRAME_LEN};
 
-use crate::{Common, Failure};
+use crate::common::{Common, Failure};
 
 /// The read half of a TCP or TLS stream.
 type ReadHalf = Box<dyn AsyncRead + Unpin + Send>;

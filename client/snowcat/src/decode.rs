@@ -9,8 +9,8 @@ use clap::Args;
 use snowlease::layout::{format_unix_ms, parse_epoch, DEFAULT_EPOCH_UNIX_MS};
 use snowlease::{Layout, Parts};
 
+use crate::common::{Common, Failure};
 use crate::conn;
-use crate::{Common, Failure};
 
 /// Arguments of `snowcat decode`.
 #[derive(Debug, Args)]

@@ -11,8 +11,8 @@ use tokio::time::Instant;
 use snowlease::layout::{format_unix_ms, unix_ms_now};
 use snowlease::wire::{Request, Response, Welcome};
 
+use crate::common::{Common, Failure};
 use crate::conn;
-use crate::{Common, Failure};
 
 /// Arguments of `snowcat info`.
 #[derive(Debug, Args)]

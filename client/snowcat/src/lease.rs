@@ -18,8 +18,8 @@ use tokio::time::Instant;
 use snowlease::wire::{self, goaway, Request, Response, Run, WorkerSet};
 use snowlease::Layout;
 
+use crate::common::{Common, Failure};
 use crate::conn::{self, FrameReader, FrameWriter};
-use crate::{Common, Failure};
 
 /// Requests kept in flight. Sixteen full requests are 16 ms of one worker's output, more than a
 /// loopback or LAN round trip, so the server never waits on snowcat; the bound keeps a huge N

@@ -17,8 +17,8 @@ use tokio::time::Instant;
 use snowlease::wire::{self, Request, Response};
 use snowlease::Layout;
 
+use crate::common::{Common, Failure};
 use crate::conn::{self, hex, Frame, FrameReader, FrameWriter, ReadError};
-use crate::{Common, Failure};
 
 /// What one input line asks for.
 #[derive(Debug, PartialEq, Eq)]
