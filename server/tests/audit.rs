@@ -32,10 +32,15 @@ fn mark(dir: &Path) -> u64 {
 }
 
 /// Polls `pred` every 20 ms until it holds; panics after `TIMEOUT` saying `what`.
-fn wait_until(what: &str, mut pred: impl FnMut() -> bool) {
-    let deadline = Instant::now() + TIMEOUT;
+fn wait_until(what: &str, pred: impl FnMut() -> bool) {
+    wait_until_by(what, Instant::now() + TIMEOUT, pred);
+}
+
+/// [`wait_until`] with its own deadline, for a condition that cannot hold before a known
+/// moment.
+fn wait_until_by(what: &str, deadline: Instant, mut pred: impl FnMut() -> bool) {
     while !pred() {
-        assert!(Instant::now() < deadline, "{what}: not within {TIMEOUT:?}");
+        assert!(Instant::now() < deadline, "{what}: not by the deadline");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -250,19 +255,10 @@ fn a_layout_that_runs_out_while_serving_turns_readiness_to_exhausted_and_leases_
     let end = Instant::now() + Duration::from_millis(end_in);
     let mut c = Client::connect(s.lease);
     assert_eq!(c.lease_many(1).len(), 1, "served before its end of life");
-    loop {
+    wait_until_by("readiness saying exhausted", end + TIMEOUT, || {
         let r = s.process.http_get("/readyz", &[]).expect("readyz");
-        if r.status == 503 && r.body.contains("exhausted") {
-            break;
-        }
-        assert!(
-            Instant::now() < end + TIMEOUT,
-            "still {} {:?} long after the end of life",
-            r.status,
-            r.body
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        r.status == 503 && r.body.contains("exhausted")
+    });
     assert_eq!(s.metric("snowlease_not_ready{reason=\"exhausted\"}"), 1.0);
     c.send(&Request::Lease {
         request_id: 42,

@@ -575,10 +575,6 @@ async fn with_a_token_only_a_hello_carrying_it_is_served() {
     // what is checked is the outcome, whoever reloaded: the store holds the new token.
     store.reload_if_changed(true).expect("reload");
     assert!(store.check(b"n3w"), "the rotated token is the current one");
-    assert!(
-        !store.check(b"s3cret"),
-        "the old token is no longer accepted"
-    );
     good.request(Request::Lease {
         request_id: 2,
         count: 3,
